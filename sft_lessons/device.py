@@ -1,0 +1,110 @@
+"""Device choice, seeding, quiet logs and an environment report."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import warnings
+
+VALID_DEVICES = ("cpu", "cuda", "mps")
+
+
+def get_device():
+    """torch.device: cuda > mps > cpu, or $SFT_LESSONS_DEVICE if set."""
+    import torch
+
+    forced = os.environ.get("SFT_LESSONS_DEVICE", "").strip()
+    if forced:
+        if forced.split(":")[0] not in VALID_DEVICES:
+            raise ValueError(
+                f"SFT_LESSONS_DEVICE={forced!r}; valid: {', '.join(VALID_DEVICES)} (e.g. cuda:1)"
+            )
+        return torch.device(forced)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def set_seed(seed: int = 0) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def tell_deepspeed(device=None) -> None:
+    """Point DeepSpeed at our device (DS_ACCELERATOR) so it does not guess and warn; an explicit setting wins."""
+    kind = (device or get_device()).type
+    os.environ.setdefault("DS_ACCELERATOR", kind if kind in VALID_DEVICES else "cpu")
+
+
+def quiet() -> None:
+    """Silence library warnings and progress bars that teach nothing in a notebook."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    tell_deepspeed()
+    warnings.filterwarnings("ignore")
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    for name in ("DeepSpeed", "deepspeed", "torch.distributed", "accelerate", "bitsandbytes", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.utils.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
+
+
+def setup_notebook(seed: int = 0):
+    """Quiet logs, fixed seeds; returns the device the lesson will use."""
+    quiet()
+    set_seed(seed)
+    return get_device()
+
+
+def _version(module: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return "not installed"
+
+
+def environment_report() -> dict[str, str]:
+    """Versions, device and DeepSpeed's accelerator name as a dict."""
+    import torch
+
+    report = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "datasets", "deepspeed", "bitsandbytes"):
+        report[pkg] = _version(pkg)
+    report["device"] = str(get_device())
+    report["torch threads"] = str(torch.get_num_threads())
+    try:
+        tell_deepspeed()
+        from deepspeed.accelerator import get_accelerator
+
+        report["deepspeed accelerator"] = get_accelerator().device_name()
+    except Exception as exc:  # deepspeed is optional at run time on exotic platforms
+        report["deepspeed accelerator"] = f"unavailable ({type(exc).__name__})"
+    return report
+
+
+def describe_environment() -> dict[str, str]:
+    """Print (and return) the versions of the main libraries and the device."""
+    report = environment_report()
+    width = max(map(len, report))
+    for key, value in report.items():
+        print(f"{key:<{width}}  {value}")
+    return report

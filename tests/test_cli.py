@@ -1,0 +1,36 @@
+import nbformat
+import pytest
+
+from sft_lessons import cli
+
+
+def _nb(path, source):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_select_notebooks_by_number_and_prefix(tmp_path):
+    for name in ("00_overview", "01_prompt", "03_lora"):
+        _nb(tmp_path / f"{name}.ipynb", "1")
+    assert [p.stem for p in cli.select_notebooks([], tmp_path)] == ["00_overview", "01_prompt", "03_lora"]
+    assert [p.stem for p in cli.select_notebooks(["3", "00"], tmp_path)] == ["03_lora", "00_overview"]
+    with pytest.raises(SystemExit, match="available"):
+        cli.select_notebooks(["9"], tmp_path)
+
+
+def test_execute_notebook_writes_outputs_and_cleans_stderr(tmp_path):
+    src = tmp_path / "00_demo.ipynb"
+    _nb(src, "import sys\nprint('hello')\nprint('noise', file=sys.stderr)")
+    status, seconds, nb = cli.execute_notebook(src, tmp_path / "out" / "00_demo.ipynb", timeout=120)
+    assert status == "ok" and seconds > 0
+    assert (tmp_path / "out" / "00_demo.ipynb").exists()
+    cli.clean_outputs(nb)
+    assert [o["text"] for o in nb.cells[0].outputs] == ["hello\n"]
+
+
+def test_parser_knows_the_commands():
+    parser = cli.build_parser()
+    assert parser.parse_args(["run", "00"]).chapters == ["00"]
+    assert parser.parse_args(["fetch", "--verify"]).verify
