@@ -86,3 +86,31 @@ def course_map(out_dir=None) -> Path:
         _arrow(ax, xa + w, ya + h / 2, xb, yb + h / 2)
     ax.text(0.1, 4.05, "sft-lessons: course map (arrows = builds on)", fontsize=11, weight="bold")
     return _save(fig, _out("course_map.png", out_dir))
+
+
+# ---- chapter 01: prompt learning ----
+# (chapter 01 figures go here)
+
+
+# ---- chapter 02: in-context learning ----
+# (chapter 02 figures go here)
+
+
+# ---- chapter 03: LoRA math ----
+# (chapter 03 figures go here)
+
+
+# ---- chapter 04: LoRA variants ----
+# (chapter 04 figures go here)
+
+
+# ---- chapter 05: context extension ----
+# (chapter 05 figures go here)
+
+
+# ---- chapter 06: instruction data ----
+# (chapter 06 figures go here)
+
+
+# ---- chapter 07: DeepSpeed-Chat SFT ----
+# (chapter 07 figures go here)

@@ -1,0 +1,103 @@
+"""Executable exercise checkers; each notebook runs its checker on the reference solution, so CI proves it works.
+
+Conventions (shared by every chapter):
+- An exercise is registered with `@exercise(key, title, stub)`; key is "CC.N" (chapter, number), e.g. "03.1".
+- The decorated function is the checker: it takes the student's callable and raises ExerciseFailed with a helpful
+  message (what was expected and what came back, with shapes) or returns a short success string.
+- In the notebook, the exercise's code cell carries the cell tag `exercise` and the comment `# exercise CC.N`;
+  it imports the reference from `sft_lessons.solutions` and calls `check("CC.N", fn)`. Practice copies replace the
+  cell with the registered `stub`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class ExerciseFailed(AssertionError):
+    """The student's answer is wrong; the message says what was expected and what came back."""
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One executable exercise: its key ('03.1'), title, checker and the stub that practice copies show."""
+
+    key: str
+    title: str
+    checker: Callable
+    stub: str
+
+    @property
+    def chapter(self) -> str:
+        return self.key.split(".")[0]
+
+
+EXERCISES: dict[str, Exercise] = {}
+
+
+def exercise(key: str, title: str, stub: str):
+    """Register the decorated checker under `key`."""
+
+    def register(checker):
+        if key in EXERCISES:
+            raise ValueError(f"exercise {key!r} registered twice")
+        EXERCISES[key] = Exercise(key, title, checker, stub.strip("\n"))
+        return checker
+
+    return register
+
+
+def check(key: str, answer) -> str:
+    """Run exercise `key`'s checker on `answer`; prints and returns the verdict, raises ExerciseFailed if wrong."""
+    if key not in EXERCISES:
+        raise KeyError(f"no exercise {key!r}; known: {', '.join(sorted(EXERCISES))}")
+    verdict = EXERCISES[key].checker(answer) or "correct"
+    print(f"exercise {key} ({EXERCISES[key].title}): {verdict}")
+    return verdict
+
+
+def expect_close(name: str, got, expected, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """Raise ExerciseFailed unless two tensors (or arrays) have the same shape and are allclose."""
+    import torch
+
+    got_t, exp_t = torch.as_tensor(got), torch.as_tensor(expected)
+    if got_t.shape != exp_t.shape:
+        raise ExerciseFailed(f"{name}: expected shape {tuple(exp_t.shape)}, got {tuple(got_t.shape)}")
+    if not torch.allclose(got_t.double(), exp_t.double(), atol=atol, rtol=rtol):
+        diff = (got_t.double() - exp_t.double()).abs().max().item()
+        raise ExerciseFailed(f"{name}: values differ (max abs diff {diff:.3g}); expected {exp_t}, got {got_t}")
+
+
+def expect_equal(name: str, got, expected) -> None:
+    """Raise ExerciseFailed unless got == expected."""
+    if got != expected:
+        raise ExerciseFailed(f"{name}: expected {expected!r}, got {got!r}")
+
+
+# ---- chapter 01: prompt learning ----
+# (chapter 01 exercises go here)
+
+
+# ---- chapter 02: in-context learning ----
+# (chapter 02 exercises go here)
+
+
+# ---- chapter 03: LoRA math ----
+# (chapter 03 exercises go here)
+
+
+# ---- chapter 04: LoRA variants ----
+# (chapter 04 exercises go here)
+
+
+# ---- chapter 05: context extension ----
+# (chapter 05 exercises go here)
+
+
+# ---- chapter 06: instruction data ----
+# (chapter 06 exercises go here)
+
+
+# ---- chapter 07: DeepSpeed-Chat SFT ----
+# (chapter 07 exercises go here)
