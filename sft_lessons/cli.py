@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -111,6 +112,42 @@ def cmd_lab(args) -> int:
     return subprocess.call([sys.executable, "-m", "jupyter", "lab", str(notebooks_dir()), *args.extra])
 
 
+def cmd_slides(args) -> int:
+    from .course import export_slides, fetch_web_libs
+    from .paths import build_dir, notebooks_dir, project_root
+
+    out = Path(args.out) if args.out else build_dir() / "slides"
+    libs = fetch_web_libs()
+    images = project_root() / "images"
+    if images.is_dir():  # markdown may reference ../images/*.png relative to the deck
+        shutil.copytree(images, out.parent / "images", dirs_exist_ok=True)
+    for nb in select_notebooks(args.chapters, notebooks_dir()):
+        print(export_slides(nb, out, libs).relative_to(out.parent.parent))
+    return 0
+
+
+def cmd_practice(args) -> int:
+    from .course import practice_copy
+    from .paths import build_dir, notebooks_dir
+
+    out = Path(args.out) if args.out else build_dir() / "practice"
+    for nb in select_notebooks(args.chapters, notebooks_dir()):
+        print(practice_copy(nb, out).relative_to(out.parent.parent))
+    return 0
+
+
+def cmd_exercises(args) -> int:
+    from .course import list_exercises
+    from .paths import notebooks_dir
+
+    print("chapter  #  checker  exercise")
+    for nb in select_notebooks(args.chapters, notebooks_dir()):
+        for ex in list_exercises(nb):
+            text = ex.text if len(ex.text) <= 80 else ex.text[:77] + "..."
+            print(f"{ex.chapter:<7}  {ex.number}  {'yes' if ex.has_checker else '-':<7}  {text}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sft-lessons", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if the cache verifies")
     p.add_argument("--verify", action="store_true", help="also check every cached file's sha256")
     p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser(
+        "slides", help="export reveal.js slides (offline) into build/slides/, without re-executing"
+    )
+    p.add_argument("chapters", nargs="*", help="chapter numbers or name prefixes (default: all)")
+    p.add_argument("--out", help="output folder (default: build/slides/)")
+    p.set_defaults(func=cmd_slides)
+
+    p = sub.add_parser(
+        "practice", help="write output-free practice copies with exercise stubs into build/practice/"
+    )
+    p.add_argument("chapters", nargs="*", help="chapter numbers or name prefixes (default: all)")
+    p.add_argument("--out", help="output folder (default: build/practice/)")
+    p.set_defaults(func=cmd_practice)
+
+    p = sub.add_parser("exercises", help="list every chapter's exercises and whether each has a checker")
+    p.add_argument("chapters", nargs="*", help="chapter numbers or name prefixes (default: all)")
+    p.set_defaults(func=cmd_exercises)
 
     p = sub.add_parser("lab", help="open JupyterLab on notebooks/")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="extra arguments for jupyter lab")
