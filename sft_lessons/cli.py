@@ -148,6 +148,28 @@ def cmd_exercises(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import BenchConfig, check_result, markdown_table, plot, run_bench
+    from .paths import build_dir
+
+    cfg = BenchConfig(quick=args.quick, compile=args.compile)
+    if args.steps:
+        cfg.steps = args.steps
+    if args.quick:
+        cfg.seq_len, cfg.gen_tokens, cfg.steps = 64, 16, 2
+    if args.sections:
+        cfg.sections = args.sections
+    result = run_bench(cfg)
+    check_result(result)
+    out = Path(args.out) if args.out else build_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "bench.png")
+    print(markdown_table(result))
+    print(f"\nwrote {out.name}/bench.json and {out.name}/bench.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sft-lessons", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("exercises", help="list every chapter's exercises and whether each has a checker")
     p.add_argument("chapters", nargs="*", help="chapter numbers or name prefixes (default: all)")
     p.set_defaults(func=cmd_exercises)
+
+    p = sub.add_parser("bench", help="measure training/inference speed and memory side by side, as ratios")
+    p.add_argument("--quick", action="store_true", help="a tiny random model, under a minute")
+    p.add_argument("--compile", action="store_true", help="GPU: torch.compile the models")
+    p.add_argument("--steps", type=int, help="measured training steps per variant (median)")
+    p.add_argument("--sections", nargs="*", help="subset of: train gemm inference icl sft_data load")
+    p.add_argument("--out", help="output folder (default: build/)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("lab", help="open JupyterLab on notebooks/")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="extra arguments for jupyter lab")
