@@ -66,7 +66,9 @@ def expect_close(name: str, got, expected, atol: float = 1e-5, rtol: float = 1e-
         raise ExerciseFailed(f"{name}: expected shape {tuple(exp_t.shape)}, got {tuple(got_t.shape)}")
     if not torch.allclose(got_t.double(), exp_t.double(), atol=atol, rtol=rtol):
         diff = (got_t.double() - exp_t.double()).abs().max().item()
-        raise ExerciseFailed(f"{name}: values differ (max abs diff {diff:.3g}); expected {exp_t}, got {got_t}")
+        raise ExerciseFailed(
+            f"{name}: values differ (max abs diff {diff:.3g}); expected {exp_t}, got {got_t}"
+        )
 
 
 def expect_equal(name: str, got, expected) -> None:
