@@ -98,7 +98,81 @@ def expect_equal(name: str, got, expected) -> None:
 
 
 # ---- chapter 06: instruction data ----
-# (chapter 06 exercises go here)
+_ROUGE_L_STUB = '''
+def rouge_l(candidate, reference):
+    """ROUGE-L F1 of two strings: tokens = lowercase words split on non-alphanumerics; LCS-based P, R, F1."""
+    # TODO: tokenise both, find the longest common subsequence length, then F1 = 2PR / (P + R) (0.0 if no overlap)
+    ...
+'''
+
+# (candidate, reference, F1) worked out by hand; see the comments for the LCS.
+ROUGE_L_CASES = [
+    ("the cat sat on the mat", "the cat is on the mat", 5 / 6),  # LCS "the cat on the mat": P = R = 5/6
+    ("Write a poem about the sea.", "Write a short poem about autumn.", 4 / 6),  # "write a poem about"
+    ("a b", "a b c d", 2 / 3),  # P = 2/2, R = 2/4 -> 2 * 1 * 0.5 / 1.5
+    ("A B C", "c b a", 1 / 3),  # a subsequence keeps order: LCS has length 1
+    ("Hello, World!", "hello world", 1.0),  # case and punctuation do not count
+    ("", "anything at all", 0.0),
+    ("List three fruits.", "Name two rivers.", 0.0),
+]
+
+
+@exercise("06.1", "ROUGE-L, the Self-Instruct similarity filter", _ROUGE_L_STUB)
+def check_rouge_l(fn):
+    """Compare fn with hand-computed ROUGE-L F1 values, then with the package on the seed instructions."""
+    from .self_instruct import rouge_l
+
+    for cand, ref, expected in ROUGE_L_CASES:
+        got = fn(cand, ref)
+        if got is None:
+            raise ExerciseFailed("rouge_l returned None; return a float in [0, 1]")
+        if abs(got - expected) > 1e-6:
+            hint = " (that is the LCS length; divide to get P and R)" if got >= 1 and expected < 1 else ""
+            raise ExerciseFailed(f"rouge_l({cand!r}, {ref!r}): expected {expected:.4f}, got {got!r}{hint}")
+    pairs = [
+        (
+            "Give the opposite of the word provided.",
+            "Give two advantages and two disadvantages of the option.",
+        ),
+        ("Check whether the integer is prime.", "Tell whether the number is even or odd."),
+    ]
+    for cand, ref in pairs:
+        if abs(fn(cand, ref) - rouge_l(cand, ref)) > 1e-6:
+            raise ExerciseFailed(
+                f"rouge_l({cand!r}, {ref!r}): expected {rouge_l(cand, ref):.4f}, got {fn(cand, ref)}"
+            )
+    return f"{len(ROUGE_L_CASES) + len(pairs)} cases match, including empty and reordered inputs"
+
+
+_SFT_LABELS_STUB = '''
+def sft_labels(input_ids, prompt_len, attention_mask):
+    """list[int] labels: -100 on the first prompt_len tokens and on padding (attention_mask 0), else the token id."""
+    # TODO
+    ...
+'''
+
+
+@exercise("06.2", "the SFT loss mask", _SFT_LABELS_STUB)
+def check_sft_labels(fn):
+    """Prompt and padding must be -100; the answer and its end-of-turn token (same id as padding!) must stay."""
+    eos = pad = 2  # SmolLM2: pad = eos = <|im_end|>
+    ids = [1, 9, 9, 2, 1, 7, 5, 5, eos, pad, pad]  # prompt (6 tokens) | answer 5 5 + end of turn | padding
+    mask = [1] * 9 + [0, 0]
+    expected = [-100] * 6 + [5, 5, eos] + [-100, -100]
+    got = fn(ids, 6, mask)
+    if got is None:
+        raise ExerciseFailed("sft_labels returned None; return a list of ints")
+    got = [int(x) for x in got]
+    if len(got) != len(ids):
+        raise ExerciseFailed(f"expected {len(ids)} labels (one per token), got {len(got)}")
+    if got[8] == -100 and got[6:8] == [5, 5]:
+        raise ExerciseFailed(
+            f"the answer's end-of-turn token (id {eos}) was masked: it has the pad id, so find padding with "
+            f"attention_mask, not by token id, or the model never learns to stop. Got {got}"
+        )
+    expect_equal(f"sft_labels({ids}, prompt_len=6, attention_mask={mask})", got, expected)
+    expect_equal("sft_labels with no padding and prompt_len=0", list(fn([4, 5], 0, [1, 1])), [4, 5])
+    return "prompt and padding masked with -100; the answer and its end-of-turn token kept"
 
 
 # ---- chapter 07: DeepSpeed-Chat SFT ----

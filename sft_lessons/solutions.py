@@ -23,7 +23,30 @@ from __future__ import annotations
 
 
 # ---- chapter 06: instruction data ----
-# (chapter 06 solutions go here)
+def rouge_l(candidate, reference):
+    """ROUGE-L F1 of two strings: tokens = lowercase words split on non-alphanumerics; LCS-based P, R, F1."""
+    import re
+
+    c, r = (re.sub(r"[^a-z0-9]+", " ", text.lower()).split() for text in (candidate, reference))
+    prev = [0] * (len(r) + 1)  # LCS lengths of c[:i] against every prefix of r
+    for x in c:
+        cur = [0]
+        for j, y in enumerate(r):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(c), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def sft_labels(input_ids, prompt_len, attention_mask):
+    """list[int] labels: -100 on the first prompt_len tokens and on padding (attention_mask 0), else the token id."""
+    return [
+        -100 if i < prompt_len or not keep else int(tok)
+        for i, (tok, keep) in enumerate(zip(input_ids, attention_mask, strict=True))
+    ]
 
 
 # ---- chapter 07: DeepSpeed-Chat SFT ----
