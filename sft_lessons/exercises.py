@@ -86,7 +86,96 @@ def expect_equal(name: str, got, expected) -> None:
 
 
 # ---- chapter 03: LoRA math ----
-# (chapter 03 exercises go here)
+_LORA_FORWARD_STUB = '''
+def lora_forward(x, weight, bias, lora_A, lora_B, scaling):
+    """(..., k) -> (..., d): W0 x + bias + scaling * B A x; weight (d, k), lora_A (r, k), lora_B (d, r)."""
+    # TODO
+    ...
+'''
+
+
+@exercise("03.1", "the LoRA forward pass", _LORA_FORWARD_STUB)
+def check_lora_forward(fn):
+    """Compare fn with LinearLayer_LoRA on random factors, with and without bias, on 2-D and 3-D inputs."""
+    import torch
+
+    from .lora import LinearLayer_LoRA
+
+    gen = torch.Generator().manual_seed(0)
+    for bias, shape in [(True, (4, 12)), (False, (2, 3, 12))]:
+        weight, b = torch.randn(10, 12, generator=gen), torch.randn(10, generator=gen) if bias else None
+        layer = LinearLayer_LoRA(weight, lora_dim=3, lora_scaling=6, bias=b)
+        torch.nn.init.normal_(
+            layer.lora_left_weight, generator=gen
+        )  # B != 0, or the LoRA path would not show
+        x = torch.randn(*shape, generator=gen)
+        with torch.no_grad():
+            got = fn(x, layer.weight, b, layer.lora_A, layer.lora_B, layer.lora_scaling)
+            expected = layer(x)
+        if got is None:
+            raise ExerciseFailed("lora_forward returned None; return the (..., d) output tensor")
+        expect_close(f"lora_forward on x{tuple(shape)} (bias={bias}, r=3, scaling=2.0)", got, expected)
+    return "matches LinearLayer_LoRA (with and without bias, 2-D and 3-D inputs)"
+
+
+_LORA_PARAMS_STUB = '''
+def lora_num_params(d, k, r):
+    """Trainable parameters of LoRA on one (d, k) weight at rank r."""
+    # TODO
+    ...
+'''
+
+
+@exercise("03.2", "count LoRA parameters", _LORA_PARAMS_STUB)
+def check_lora_num_params(fn):
+    """Compare fn with the shapes of A and B, including a non-square weight."""
+    import torch
+
+    from .lora import LinearLayer_LoRA
+
+    for d, k, r in [(576, 576, 8), (192, 576, 8), (1536, 576, 4), (576, 1536, 16), (11008, 4096, 64)]:
+        layer = LinearLayer_LoRA(torch.empty(d, k), lora_dim=r)
+        expected = layer.lora_right_weight.numel() + layer.lora_left_weight.numel()
+        got = fn(d, k, r)
+        if got == r * (d + d) and d != k:
+            raise ExerciseFailed(
+                f"lora_num_params({d}, {k}, {r}) = {got} counts A as r x d; A is r x k (k = {k})"
+            )
+        expect_equal(f"lora_num_params({d}, {k}, {r})", got, expected)
+    return "r * (d + k) for square and non-square weights"
+
+
+_MERGE_STUB = '''
+def merge_lora(weight, lora_A, lora_B, scaling):
+    """(d, k) merged weight W0 + scaling * B A; must not modify `weight`."""
+    # TODO
+    ...
+'''
+
+
+@exercise("03.3", "merge LoRA into the base weight", _MERGE_STUB)
+def check_merge_lora(fn):
+    """Compare fn with LinearLayer_LoRA.fuse_lora_weight and check that the input weight is left alone."""
+    import torch
+
+    from .lora import LinearLayer_LoRA
+
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(9, 7, generator=gen)
+    layer = LinearLayer_LoRA(weight.clone(), lora_dim=2, lora_scaling=4)
+    torch.nn.init.normal_(layer.lora_left_weight, generator=gen)
+    original = weight.clone()
+    with torch.no_grad():
+        got = fn(weight, layer.lora_A, layer.lora_B, layer.lora_scaling)
+        expected = layer.fuse_lora_weight().weight
+    if not torch.equal(weight, original):
+        raise ExerciseFailed("merge_lora modified its `weight` argument in place; return a new tensor")
+    expect_close("merge_lora(W0 (9, 7), A (2, 7), B (9, 2), scaling=2.0)", got, expected)
+    x = torch.randn(5, 7, generator=gen)
+    layer.unfuse_lora_weight()
+    with torch.no_grad():
+        expect_close("x @ merged.T vs the unmerged LoRA layer", x @ torch.as_tensor(got).T, layer(x))
+    return "merged weight equals W0 + sBA and gives the unmerged layer's outputs"
 
 
 # ---- chapter 04: LoRA variants ----

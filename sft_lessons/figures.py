@@ -97,7 +97,95 @@ def course_map(out_dir=None) -> Path:
 
 
 # ---- chapter 03: LoRA math ----
-# (chapter 03 figures go here)
+def lora_structure(out_dir=None) -> Path:
+    """The LoRA layer: frozen W0 beside the trainable A (r x k) -> B (d x r) path -> images/lora_structure.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Polygon
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    ax.set_xlim(0, 7.2)
+    ax.set_ylim(0, 4.6)
+    ax.axis("off")
+    _box(
+        ax,
+        0.4,
+        1.55,
+        2.6,
+        1.3,
+        "Pretrained weight\n$W_0 \\in \\mathbb{R}^{d \\times k}$\nfrozen",
+        "#dddddd",
+        10,
+    )
+    trapezoids = [  # A narrows k -> r, B widens r -> d
+        (
+            [(3.9, 1.2), (6.5, 1.2), (5.6, 2.0), (4.8, 2.0)],
+            "$A \\in \\mathbb{R}^{r \\times k}$\ninit: Kaiming-uniform",
+        ),
+        (
+            [(4.8, 2.4), (5.6, 2.4), (6.5, 3.2), (3.9, 3.2)],
+            "$B \\in \\mathbb{R}^{d \\times r}$\ninit: $B = 0$",
+        ),
+    ]
+    for corners, label in trapezoids:
+        ax.add_patch(Polygon(corners, closed=True, fc="#f9cb9c", ec="#333333", lw=1.0))
+        ax.text(5.2, (corners[0][1] + corners[2][1]) / 2, label, ha="center", va="center", fontsize=8.5)
+    ax.text(6.55, 2.35, "rank r", fontsize=9, va="center")
+    ax.text(6.55, 2.05, "trainable", fontsize=9, va="center", color="#b45f06")
+    ax.text(3.6, 0.2, "input $x \\in \\mathbb{R}^{k}$", ha="center", fontsize=10)
+    ax.text(
+        3.6,
+        4.35,
+        "output $h = W_0 x + \\frac{\\alpha}{r} B A x \\in \\mathbb{R}^{d}$",
+        ha="center",
+        fontsize=10,
+    )
+    ax.add_patch(plt.Circle((3.6, 3.75), 0.2, fc="white", ec="#333333"))
+    ax.text(3.6, 3.75, "+", ha="center", va="center", fontsize=12)
+    for x0, y0, x1, y1 in [(3.6, 0.45, 1.7, 1.55), (3.6, 0.45, 5.2, 1.2), (5.2, 2.0, 5.2, 2.4),
+                           (1.7, 2.85, 3.42, 3.7), (5.2, 3.2, 3.78, 3.7), (3.6, 3.95, 3.6, 4.2)]:  # fmt: skip
+        _arrow(ax, x0, y0, x1, y1)
+    ax.text(4.6, 3.55, "scale $s = \\alpha / r$", fontsize=8.5, color="#444444")
+    ax.text(0.1, 0.2, "merge for inference: $W = W_0 + sBA$", fontsize=8.5, color="#444444")
+    return _save(fig, _out("lora_structure.png", out_dir))
+
+
+def lora_count_plot(tables: dict, ranks):
+    """Log-log plot of LoRA trainable parameters vs rank, one line per model, full weights dashed."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for (label, rows), color in zip(tables.items(), ["C0", "C1", "C2", "C3"], strict=False):
+        ax.plot(ranks, [row["per_model"] for row in rows], "o-", color=color, label=f"{label}: LoRA")
+        ax.axhline(rows[0]["full_per_model"], color=color, ls="--", lw=1, label=f"{label}: full")
+    ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="trainable parameters")
+    ax.set_xticks(list(ranks), [str(r) for r in ranks])
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("LoRA on all linear projections of the decoder layers", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def singular_value_plot(spectra: dict, r: int = 8):
+    """Left: normalised singular values; right: energy captured by the top-k, with k = r marked."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.3))
+    for label, s in spectra.items():
+        s = s.double()
+        left.semilogy(torch.arange(1, len(s) + 1), s / s[0], label=label)
+        right.plot(torch.arange(1, len(s) + 1), torch.cumsum(s**2, 0) / (s**2).sum(), label=label)
+    left.set(xlabel="index i", ylabel="sigma_i / sigma_1", title="singular values")
+    right.axvline(r, color="gray", ls=":", lw=1)
+    right.set(
+        xscale="log", xlabel="top-k", ylabel="energy captured", title=f"energy in the top-k (r = {r} dotted)"
+    )
+    left.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 # ---- chapter 04: LoRA variants ----

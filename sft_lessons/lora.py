@@ -191,6 +191,27 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def copy_lora_to_peft(model: nn.Module, peft_model: nn.Module, adapter_name: str = "default") -> int:
+    """Copy our A, B into the same-named peft LoRA layers (lora_A = A, lora_B = B); returns how many were copied."""
+    ours, copied = lora_layers(model), 0
+    for name, module in peft_model.base_model.model.named_modules():
+        if name in ours and hasattr(module, "lora_A"):
+            theirs_s, ours_s = module.scaling[adapter_name], ours[name].lora_scaling
+            if not math.isclose(theirs_s, ours_s):
+                raise ValueError(
+                    f"{name}: peft scaling {theirs_s} != ours {ours_s}; use lora_alpha = lora_scaling"
+                )
+            with torch.no_grad():
+                module.lora_A[adapter_name].weight.copy_(ours[name].lora_A)  # (r, k)
+                module.lora_B[adapter_name].weight.copy_(ours[name].lora_B)  # (d, r)
+            copied += 1
+    if copied != len(ours):
+        raise ValueError(
+            f"copied {copied} of {len(ours)} LoRA layers; do both models target the same modules?"
+        )
+    return copied
+
+
 # ---- the parameter arithmetic ----
 
 
@@ -290,13 +311,16 @@ def full_finetune_delta(
 def time_interleaved(
     fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
 ) -> dict[str, float]:
-    """Median seconds per call of each fn, timed in interleaved rounds (A B C A B C ...) after warm-up."""
+    """Median seconds per call of each fn, timed in interleaved rounds (A B C, C B A, ...) after warm-up."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for round_ in range(repeats):
+        for name, fn in (
+            order if round_ % 2 == 0 else order[::-1]
+        ):  # alternate the order: no one always goes first
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             start = time.perf_counter()

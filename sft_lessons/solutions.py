@@ -11,7 +11,21 @@ from __future__ import annotations
 
 
 # ---- chapter 03: LoRA math ----
-# (chapter 03 solutions go here)
+def lora_forward(x, weight, bias, lora_A, lora_B, scaling):
+    """(..., k) -> (..., d): W0 x + bias + scaling * B A x; weight (d, k), lora_A (r, k), lora_B (d, r)."""
+    import torch.nn.functional as F
+
+    return F.linear(x, weight, bias) + scaling * F.linear(F.linear(x, lora_A), lora_B)
+
+
+def lora_num_params(d, k, r):
+    """Trainable parameters of LoRA on one (d, k) weight at rank r."""
+    return r * k + d * r  # A (r, k) + B (d, r)
+
+
+def merge_lora(weight, lora_A, lora_B, scaling):
+    """(d, k) merged weight W0 + scaling * B A; must not modify `weight`."""
+    return weight + scaling * (lora_B @ lora_A)
 
 
 # ---- chapter 04: LoRA variants ----

@@ -51,19 +51,9 @@ def test_parity_with_peft_logits_and_gradients(arch):
     only_optimize_lora_parameters(ours)
     config = LoraConfig(r=r, lora_alpha=scaling, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
     theirs = get_peft_model(tiny_causal_lm(arch, seed=0), config)
-    ours_layers = lora.lora_layers(ours)
-    pairs = {}
-    for name, module in theirs.base_model.model.named_modules():
-        if name in ours_layers:
-            mine = ours_layers[name]
-            assert module.scaling["default"] == pytest.approx(
-                mine.lora_scaling
-            )  # alpha / r == lora_scaling / r
-            with torch.no_grad():
-                module.lora_A["default"].weight.copy_(mine.lora_A)  # (r, k)
-                module.lora_B["default"].weight.copy_(mine.lora_B)  # (d, r)
-            pairs[name] = (mine, module)
-    assert len(pairs) == len(ours_layers) == 4
+    assert lora.copy_lora_to_peft(ours, theirs) == 4
+    peft_layers = dict(theirs.base_model.model.named_modules())
+    pairs = {name: (mine, peft_layers[name]) for name, mine in lora.lora_layers(ours).items()}
 
     out_ours, out_theirs = ours(IDS, labels=IDS), theirs(input_ids=IDS, labels=IDS)
     torch.testing.assert_close(out_ours.logits, out_theirs.logits, atol=1e-5, rtol=1e-5)
@@ -227,7 +217,18 @@ def test_time_interleaved_returns_medians():
     medians = lora.time_interleaved(
         {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3
     )
-    assert set(medians) == {"a", "b"} and calls == ["a", "b"] * 4
+    assert set(medians) == {"a", "b"} and calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+
+
+def test_copy_to_peft_refuses_a_scaling_mismatch():
+    from peft import LoraConfig, get_peft_model
+
+    ours = _lora_model(r=4, scaling=8)
+    theirs = get_peft_model(
+        tiny_causal_lm(), LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    )
+    with pytest.raises(ValueError, match="lora_alpha = lora_scaling"):
+        lora.copy_lora_to_peft(ours, theirs)
 
 
 def test_unknown_model_type_and_target():
@@ -236,3 +237,34 @@ def test_unknown_model_type_and_target():
     opt = {"model_type": "opt", "hidden_size": 8, "ffn_dim": 16, "num_hidden_layers": 1}
     with pytest.raises(ValueError, match="gate_proj"):
         lora.lora_count_table(opt, [1], targets=["gate_proj"])
+
+
+def test_chapter_03_exercises_accept_the_solutions_and_catch_common_mistakes():
+    from sft_lessons import solutions
+    from sft_lessons.exercises import ExerciseFailed, check
+
+    check("03.1", solutions.lora_forward)
+    check("03.2", solutions.lora_num_params)
+    check("03.3", solutions.merge_lora)
+    with pytest.raises(ExerciseFailed, match="shape|differ"):
+        check("03.1", lambda x, w, b, a, bb, s: x @ w.t())  # forgot the LoRA path and the bias
+    with pytest.raises(ExerciseFailed, match="A is r x k"):
+        check("03.2", lambda d, k, r: r * (d + d))  # the seed's formula
+    with pytest.raises(ExerciseFailed, match="in place"):
+        check("03.3", lambda w, a, b, s: w.add_(s * b @ a))
+
+
+def test_chapter_03_figures(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sft_lessons import figures
+
+    path = figures.lora_structure(out_dir=tmp_path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    llama = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+    llama["num_attention_heads"] = 4
+    fig = figures.lora_count_plot({"tiny": lora.lora_count_table(llama, [1, 2, 4])}, [1, 2, 4])
+    assert len(fig.axes) == 1
+    s = torch.linalg.svdvals(torch.randn(8, 6))
+    assert len(figures.singular_value_plot({"random": s}, r=2).axes) == 2
