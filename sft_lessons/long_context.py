@@ -1,0 +1,338 @@
+"""The toy context-extension experiment: copy and passkey data, a tiny Llama (RoPE or ALiBi), training and evaluation,
+plus a passkey-retrieval probe and forward-pass timing for the real model."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LongRangeTask:
+    """Two synthetic tasks that need the whole window; `passkey_share` of every batch is passkey, the rest copy.
+
+    copy:    L/2 random tokens, then the same L/2 tokens again; every copied token is L/2 positions back.
+    passkey: random filler with one passkey token hidden at a random depth; QUERY at L-2, the passkey at L-1.
+    Tokens: 0..num_tokens-1 filler/copy tokens, then num_values passkey tokens, then QUERY.
+    """
+
+    num_tokens: int = 64
+    num_values: int = 16
+    passkey_share: float = 0.5
+
+    @property
+    def query_id(self) -> int:
+        return self.num_tokens + self.num_values
+
+    @property
+    def vocab_size(self) -> int:
+        return self.query_id + 1
+
+    def batch(self, batch_size: int, seq_len: int, generator):
+        """(input_ids, labels, is_passkey): (B, L), (B, L) with -100 where nothing is scored, (B,) bool."""
+        import torch
+
+        if seq_len % 2 or seq_len < 8:
+            raise ValueError(f"seq_len must be even and >= 8, got {seq_len!r}")
+        if not 0 <= self.passkey_share <= 1:
+            raise ValueError(f"passkey_share must be in [0, 1], got {self.passkey_share!r}")
+        n_key = round(batch_size * self.passkey_share)
+        n_copy, half = batch_size - n_key, seq_len // 2
+        first = torch.randint(0, self.num_tokens, (n_copy, half), generator=generator)
+        copy_ids = torch.cat([first, first], dim=1)  # (n_copy, L)
+        copy_labels = torch.full_like(copy_ids, -100)
+        copy_labels[:, half + 1 :] = copy_ids[:, half + 1 :]  # the first copied token is not predictable
+        key_ids = torch.randint(0, self.num_tokens, (n_key, seq_len), generator=generator)  # filler
+        values = self.num_tokens + torch.randint(0, self.num_values, (n_key,), generator=generator)
+        depth = torch.randint(0, seq_len - 2, (n_key,), generator=generator)
+        key_ids[torch.arange(n_key), depth] = values
+        key_ids[:, -2], key_ids[:, -1] = self.query_id, values
+        key_labels = torch.full_like(key_ids, -100)
+        key_labels[:, -1] = values
+        is_passkey = torch.arange(batch_size) >= n_copy
+        return torch.cat([copy_ids, key_ids]), torch.cat([copy_labels, key_labels]), is_passkey
+
+
+def task_losses(logits, labels, is_passkey):
+    """{"copy_loss", "copy_acc", "passkey_loss", "passkey_acc"} (tensors) from (B, L, V) logits; kinds present only."""
+    import torch.nn.functional as F
+
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]  # position t predicts token t+1
+    out = {}
+    for name, rows in (("copy", ~is_passkey), ("passkey", is_passkey)):
+        if not rows.any():
+            continue
+        lg, lb = logits[rows], labels[rows]
+        scored = lb != -100
+        out[f"{name}_loss"] = F.cross_entropy(lg[scored], lb[scored])
+        out[f"{name}_acc"] = (lg[scored].argmax(-1) == lb[scored]).float().mean()
+    return out
+
+
+@dataclass(frozen=True)
+class TinyLlamaConfig:
+    """The toy model: a 4-layer Llama trained from scratch at train_len tokens."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    rope_theta: float = 10_000.0
+    train_len: int = 64
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+# ---- models ----
+
+
+class NoRotary:
+    """Stands in for LlamaRotaryEmbedding in the ALiBi model: cos = 1, sin = 0, so queries and keys are not turned."""
+
+    def __new__(cls, head_dim: int):
+        import torch
+
+        class _NoRotary(torch.nn.Module):
+            def forward(self, x, position_ids):
+                shape = (*position_ids.shape, head_dim)  # (B, T, head_dim)
+                return torch.ones(shape, dtype=x.dtype, device=x.device), torch.zeros(
+                    shape, dtype=x.dtype, device=x.device
+                )
+
+        return _NoRotary()
+
+
+def alibi_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Custom attention for transformers' Llama: softmax(q k^T * scaling + ALiBi bias) v (causal, no padding)."""
+    import torch
+    from transformers.models.llama.modeling_llama import repeat_kv
+
+    from .rope import alibi_bias
+
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    heads, q_len, k_len = query.shape[1], query.shape[2], key.shape[2]
+    scores = query @ key.transpose(2, 3) * scaling  # (B, H, q, k)
+    scores = scores + alibi_bias(heads, q_len, k_len).to(scores)  # causal mask included
+    if attention_mask is not None and attention_mask.dtype != torch.bool:
+        scores = scores + attention_mask
+    probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    out = probs @ value  # (B, H, q, head_dim)
+    return out.transpose(1, 2).contiguous(), probs
+
+
+def _register_alibi() -> str:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("alibi", alibi_attention)
+    return "alibi"
+
+
+def build_tiny_llama(
+    task: LongRangeTask,
+    cfg: TinyLlamaConfig = TinyLlamaConfig(),
+    method: str = "none",
+    factor: float = 1.0,
+    alibi: bool = False,
+    seed: int = 0,
+):
+    """A random-init LlamaForCausalLM; RoPE scaled by (method, factor), or ALiBi (custom attention, no RoPE)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .rope import rope_parameters_for
+
+    rope_parameters, max_pos = rope_parameters_for(method, factor, cfg.rope_theta, cfg.train_len)
+    config = LlamaConfig(
+        vocab_size=task.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_attention_heads,
+        max_position_embeddings=max_pos,
+        rope_parameters=rope_parameters,
+        tie_word_embeddings=True,
+        pad_token_id=None,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    config._attn_implementation = _register_alibi() if alibi else "sdpa"
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    if alibi:
+        model.model.rotary_emb = NoRotary(cfg.head_dim)
+    return model
+
+
+def rescale_rope(model, method: str, factor: float, train_len: int):
+    """A copy of a trained RoPE model rebuilt with a new rope scaling (config first, then the trained weights)."""
+    from transformers import LlamaForCausalLM
+
+    from .rope import rope_parameters_for
+
+    config = copy.deepcopy(model.config)
+    theta = config.rope_parameters["rope_theta"]
+    config.rope_parameters, config.max_position_embeddings = rope_parameters_for(
+        method, factor, theta, train_len
+    )
+    config.validate_rope()
+    new = LlamaForCausalLM(config)
+    new.load_state_dict(model.state_dict())  # inv_freq is a non-persistent buffer: it stays the new one
+    return new.to(model.device).eval()
+
+
+# ---- training and evaluation ----
+
+
+def train(
+    model,
+    task: LongRangeTask,
+    steps: int,
+    seq_len: int,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    warmup: int = 20,
+    seed: int = 0,
+    eval_every: int = 0,
+):
+    """AdamW, warmup + cosine; loss = copy loss + passkey loss. Returns {"loss": [...], "eval": [(step, metrics)]}."""
+    import torch
+
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
+    history = {"loss": [], "eval": []}
+    for step in range(steps + 1):
+        if eval_every and (step % eval_every == 0 or step == steps):
+            history["eval"].append((step, evaluate(model, task, seq_len)))
+        if step == steps:
+            break
+        model.train()
+        ids, labels, is_passkey = (t.to(device) for t in task.batch(batch_size, seq_len, generator))
+        losses = task_losses(model(input_ids=ids).logits, labels, is_passkey)
+        # one passkey per sequence vs ~L/2 copied tokens: the two means are weighed equally
+        loss = sum(v for k, v in losses.items() if k.endswith("_loss"))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        schedule.step()
+        history["loss"].append(loss.item())
+    model.eval()
+    return history
+
+
+def evaluate(model, task: LongRangeTask, seq_len: int, batch_size: int = 64, seed: int = 1234):
+    """{"copy_loss", "copy_acc", "passkey_loss", "passkey_acc"} on one fixed batch (the same for every model)."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids, labels, is_passkey = task.batch(batch_size, seq_len, torch.Generator().manual_seed(seed + seq_len))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids.to(device)).logits
+    model.train(was_training)
+    return {k: v.item() for k, v in task_losses(logits, labels.to(device), is_passkey.to(device)).items()}
+
+
+# ---- the real model: passkey retrieval and forward timing ----
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+
+
+def passkey_prompt(tokenizer, n_tokens: int, passkey: str, depth: float = 0.5) -> str:
+    """About n_tokens of filler with "The pass key is <passkey>." hidden at `depth` (0 = start, 1 = end)."""
+    if not 0 <= depth <= 1:
+        raise ValueError(f"depth must be in [0, 1], got {depth!r}")
+    head = "There is a pass key hidden in a lot of irrelevant text. Find it and memorize it.\n"
+    needle = f"The pass key is {passkey}. Remember it. {passkey} is the pass key. "
+    tail = "\nWhat is the pass key? The pass key is"
+    fixed = len(tokenizer(head + needle + tail)["input_ids"])
+    per_filler = len(tokenizer(FILLER)["input_ids"])
+    n_filler = max(0, (n_tokens - fixed) // per_filler)
+    before = round(n_filler * depth)
+    return head + FILLER * before + needle + FILLER * (n_filler - before) + tail
+
+
+def passkey_probe(model, tokenizer, lengths, depths=(0.2, 0.8), seed: int = 0, max_new_tokens: int = 7):
+    """Rows {"length", "depth", "tokens", "passkey", "answer", "correct"}: greedy completion after the question."""
+    import random
+
+    import torch
+
+    rng = random.Random(seed)
+    rows = []
+    for length in lengths:
+        for depth in depths:
+            passkey = str(rng.randint(10_000, 99_999))
+            batch = tokenizer(passkey_prompt(tokenizer, length, passkey, depth), return_tensors="pt").to(
+                model.device
+            )
+            with torch.no_grad():
+                out = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            answer = tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+            rows.append(
+                {
+                    "length": length,
+                    "depth": depth,
+                    "tokens": batch["input_ids"].shape[1],
+                    "passkey": passkey,
+                    "answer": answer,
+                    "correct": passkey in answer,
+                }
+            )
+    return rows
+
+
+def time_forward(model, lengths, repeats: int = 1, clock: str = "wall"):
+    """{length: seconds} for one no-grad forward over a random sequence (best of repeats).
+
+    clock="wall" measures elapsed time; clock="cpu" measures this thread's CPU time, which on a one-thread CPU run
+    does not grow when other processes share the machine.
+    """
+    import torch
+
+    clocks = {"wall": time.perf_counter, "cpu": time.thread_time}
+    if clock not in clocks:
+        raise ValueError(f"unknown clock {clock!r}; valid: {', '.join(clocks)}")
+    now = clocks[clock]
+    times = {}
+    for length in lengths:
+        ids = torch.randint(
+            0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0)
+        )
+        best = float("inf")
+        for _ in range(repeats):
+            start = now()
+            with torch.no_grad():
+                model(input_ids=ids.to(model.device), logits_to_keep=1)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, now() - start)
+        times[length] = best
+    return times
+
+
+def fit_forward_cost(times: dict):
+    """(a, b) >= 0 of the least-squares fit seconds ~ a * n + b * n^2 (linear layers + attention)."""
+    import numpy as np
+
+    n = np.array(sorted(times), dtype=float)
+    t = np.array([times[int(k)] for k in n])
+    (a, b), *_ = np.linalg.lstsq(np.stack([n, n**2], axis=1), t, rcond=None)
+    if a < 0 or b < 0:  # noisy timings: keep the one term that fits on its own with a positive coefficient
+        a, b = (0.0, float(t @ n**2 / (n**2 @ n**2))) if a < 0 else (float(t @ n / (n @ n)), 0.0)
+    return float(a), float(b)
