@@ -156,10 +156,17 @@ def list_exercises(notebook: Path) -> list[ListedExercise]:
     nb = nbformat.read(notebook, as_version=4)
     chapter = notebook.name[:2]
     items = []
+    in_section = False
     for cell in nb.cells:
-        if cell.cell_type == "markdown" and re.search(r"^#+\s*练习", cell.source, re.M):
-            section = re.split(r"^#+\s*练习.*$", cell.source, maxsplit=1, flags=re.M)[1]
-            for num, text in re.findall(r"^(\d+)\.\s+(.+)$", section, re.M):
+        if cell.cell_type != "markdown":
+            continue
+        text = cell.source
+        if re.search(r"^#+\s*练习", text, re.M):
+            in_section, text = True, re.split(r"^#+\s*练习.*$", text, maxsplit=1, flags=re.M)[1]
+        elif in_section and re.search(r"^#{1,2}\s", text, re.M):
+            break  # the next section starts; the exercises may span several cells until then
+        if in_section:
+            for num, item in re.findall(r"^(\d+)\.\s+(.+)$", text, re.M):
                 key = f"{chapter}.{int(num)}"
-                items.append(ListedExercise(chapter, int(num), text.strip(), key in EXERCISES))
+                items.append(ListedExercise(chapter, int(num), item.strip(), key in EXERCISES))
     return items
