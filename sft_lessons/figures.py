@@ -91,12 +91,10 @@ def course_map(out_dir=None) -> Path:
 # ---- chapter 01: prompt learning ----
 def prompt_learning_stages(out_dir=None) -> Path:
     """The three stages of prompting on one review -> images/prompt_learning_stages.png."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the notebook's inline backend stays in place
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11.5, 3.6))
+    fig = Figure(figsize=(11.5, 3.6))
+    ax = fig.subplots()
     ax.set_xlim(0, 11.5)
     ax.set_ylim(0, 3.6)
     ax.axis("off")
@@ -138,12 +136,10 @@ def prompt_learning_stages(out_dir=None) -> Path:
 # ---- chapter 02: in-context learning ----
 def icl_prefix_cache(out_dir=None) -> Path:
     """A k-shot prompt (demonstrations + query) and the reuse of the demonstrations' KV cache -> images/icl_prefix_cache.png."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the notebook's inline backend stays in place
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11.5, 4.0))
+    fig = Figure(figsize=(11.5, 4.0))
+    ax = fig.subplots()
     ax.set_xlim(0, 11.5)
     ax.set_ylim(0, 4.0)
     ax.axis("off")

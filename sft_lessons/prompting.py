@@ -188,7 +188,7 @@ def _forward_log_probs(model, seqs, pad_id, n_last, prefix_cache=None, padding_s
     return torch.stack(rows).log_softmax(-1)  # (b, n_last+1, V)
 
 
-def _check_padding(model, padding_side, prefix_cache):
+def _check_padding(model, padding_side):
     if padding_side is None:
         # peft prompt tuning drops position_ids, so left padding would misplace positions: pad on the right
         padding_side = "right" if _is_prompt_learning(model) else "left"
@@ -213,7 +213,7 @@ def next_token_log_probs(
     """list[str] -> (n, vocab) log-probs of the token after each prompt (the answer slot of a prefix prompt)."""
     import torch
 
-    padding_side = _check_padding(model, padding_side, prefix_cache)
+    padding_side = _check_padding(model, padding_side)
     seqs = _prompt_ids(tokenizer, prompts, prefix_ids)
     out = []
     for start in range(0, len(seqs), batch_size):
@@ -237,7 +237,7 @@ def continuation_log_probs(
     """Per-token log-probs of each continuation given its prompt: a list of n 1-D tensors."""
     import torch
 
-    padding_side = _check_padding(model, padding_side, prefix_cache)
+    padding_side = _check_padding(model, padding_side)
     ctx = _prompt_ids(tokenizer, prompts, prefix_ids)
     conts = [encode(tokenizer, c) if isinstance(c, str) else list(c) for c in continuations]
     if len(ctx) != len(conts):

@@ -116,3 +116,9 @@ def test_parameter_fingerprint_sees_any_change(tok):
     with torch.no_grad():
         next(model.parameters())[0, 0] += 1e-6
     assert parameter_fingerprint(model) != before
+
+
+def test_chapter_figure_renders(tmp_path):
+    from sft_lessons.figures import icl_prefix_cache
+
+    assert icl_prefix_cache(out_dir=tmp_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
