@@ -89,11 +89,93 @@ def course_map(out_dir=None) -> Path:
 
 
 # ---- chapter 01: prompt learning ----
-# (chapter 01 figures go here)
+def prompt_learning_stages(out_dir=None) -> Path:
+    """The three stages of prompting on one review -> images/prompt_learning_stages.png."""
+    from matplotlib.figure import Figure  # no pyplot: the notebook's inline backend stays in place
+
+    fig = Figure(figsize=(11.5, 3.6))
+    ax = fig.subplots()
+    ax.set_xlim(0, 11.5)
+    ax.set_ylim(0, 3.6)
+    ax.axis("off")
+    w, h, y = 2.45, 1.5, 1.0
+    stages = [
+        ("input x", '"A warm, funny film\nwith a terrific cast."', "#eeeeee"),
+        (
+            "1. prompt addition\nf_prompt(x)",
+            "Review: [X]\nSentiment: [Z]\n-> Review: A warm, ...\nSentiment: [Z]",
+            "#cfe2f3",
+        ),
+        (
+            "2. answer search\nz = argmax P(z | prompt)",
+            "log P(' positive' | prompt)\nvs\nlog P(' negative' | prompt)\n-> pick the higher",
+            "#d9ead3",
+        ),
+        (
+            "3. answer mapping\nverbalizer",
+            "' positive' -> 1 (pos)\n' negative' -> 0 (neg)\n=> label y = 1",
+            "#fff2cc",
+        ),
+    ]
+    xs = [0.1, 3.05, 6.0, 8.95]
+    for x, (title, body, color) in zip(xs, stages, strict=True):
+        _box(ax, x, y, w, h, body, color, fontsize=8.5)
+        ax.text(x + w / 2, y + h + 0.35, title, ha="center", va="center", fontsize=9, weight="bold")
+    for a, b in zip(xs, xs[1:], strict=False):
+        _arrow(ax, a + w, y + h / 2, b, y + h / 2)
+    ax.text(
+        0.1,
+        0.35,
+        "The LM is frozen: only the text around x changes. Template [X]/[Z] slots and verbalizer after Liu et al. 2021.",
+        fontsize=8.5,
+        style="italic",
+    )
+    return _save(fig, _out("prompt_learning_stages.png", out_dir))
 
 
 # ---- chapter 02: in-context learning ----
-# (chapter 02 figures go here)
+def icl_prefix_cache(out_dir=None) -> Path:
+    """A k-shot prompt (demonstrations + query) and the reuse of the demonstrations' KV cache -> images/icl_prefix_cache.png."""
+    from matplotlib.figure import Figure  # no pyplot: the notebook's inline backend stays in place
+
+    fig = Figure(figsize=(11.5, 4.0))
+    ax = fig.subplots()
+    ax.set_xlim(0, 11.5)
+    ax.set_ylim(0, 4.0)
+    ax.axis("off")
+    demos = [
+        "Review: x1\nSentiment: positive",
+        "Review: x2\nSentiment: negative",
+        "...",
+        "Review: xk\nSentiment: positive",
+    ]
+    for i, text in enumerate(demos):
+        _box(ax, 0.1 + i * 1.75, 2.3, 1.6, 0.9, text, "#cfe2f3", fontsize=7.5)
+    _box(ax, 7.2, 2.3, 1.9, 0.9, "Review: x_query\nSentiment: [Z]", "#fce5cd", fontsize=7.5)
+    _box(ax, 9.55, 2.3, 1.8, 0.9, "frozen LM\n-> ' positive'?\n(no weight update)", "#eeeeee", fontsize=7.5)
+    _arrow(ax, 9.1, 2.75, 9.55, 2.75)
+    ax.text(0.1, 3.55, "k demonstrations (shared by every query)", fontsize=9, weight="bold")
+    ax.text(7.2, 3.55, "query", fontsize=9, weight="bold")
+    _box(
+        ax,
+        0.1,
+        0.6,
+        6.85,
+        0.9,
+        "prefix: run once -> KV cache (keys, values per layer)",
+        "#d9ead3",
+        fontsize=8.5,
+    )
+    _box(ax, 7.2, 0.6, 1.9, 0.9, "per query batch:\nreuse a copy", "#fff2cc", fontsize=8)
+    _arrow(ax, 6.95, 1.05, 7.2, 1.05)
+    ax.text(
+        0.1,
+        0.2,
+        "Cost per query: naive ~ (prefix + query) tokens; cached ~ query tokens (attention still reads the cached prefix).",
+        fontsize=8.5,
+        style="italic",
+    )
+    return _save(fig, _out("icl_prefix_cache.png", out_dir))
 
 
 # ---- chapter 03: LoRA math ----

@@ -1,0 +1,132 @@
+"""In-context learning (ICL): k demonstrations + the query in one prompt, no parameter update.
+
+The demonstrations are the same for every query, so their keys and values (the KV cache) are computed once
+and reused: k-shot evaluation then costs about as much as 0-shot.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+from .prompting import PromptTemplate, Verbalizer, accuracy, encode, score_label_words
+
+
+def as_pairs(data) -> list[tuple[str, int]]:
+    """(text, label) pairs from a datasets.Dataset, a dict of columns, dicts with text/label, or pairs."""
+    if hasattr(data, "column_names") or isinstance(data, dict):
+        return list(zip(data["text"], data["label"], strict=True))
+    pairs = []
+    for item in data:
+        text, label = (item["text"], item["label"]) if isinstance(item, dict) else item
+        pairs.append((text, int(label)))
+    return pairs
+
+
+def sample_demos(pool, k: int, seed: int = 0) -> list[tuple[str, int]]:
+    """k demonstrations drawn at random (without replacement, seeded) from `pool`."""
+    pairs = as_pairs(pool)
+    if not 0 <= k <= len(pairs):
+        raise ValueError(f"k={k}; valid: 0..{len(pairs)} (the pool size)")
+    return random.Random(seed).sample(pairs, k)
+
+
+def demo_prefix(demos, template: PromptTemplate, verbalizer: Verbalizer, sep: str = "\n\n") -> str:
+    """The shared prefix: each demonstration filled into the template with its label word, then `sep`."""
+    words = verbalizer.first_words()
+    return "".join(template.fill(text, words[label]) + sep for text, label in as_pairs(demos))
+
+
+def build_icl_prompt(
+    demos, query: str, template: PromptTemplate, verbalizer: Verbalizer, sep: str = "\n\n"
+) -> str:
+    """The k-shot prompt: the demonstration prefix, then the query filled into the template up to [Z]."""
+    return demo_prefix(demos, template, verbalizer, sep) + template.split(query)[0]
+
+
+def parameter_fingerprint(model) -> str:
+    """sha256 over every parameter's bytes: equal fingerprints mean no parameter changed."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda item: item[0]):
+        digest.update(name.encode())
+        digest.update(
+            p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+        )  # raw bytes, any dtype
+    return digest.hexdigest()
+
+
+class PrefixCache:
+    """The KV cache of a shared prefix, computed once; `for_batch(b)` gives a fresh copy for b queries."""
+
+    def __init__(self, model, prefix_ids: list[int]):
+        import torch
+
+        if not prefix_ids:
+            raise ValueError("empty prefix: there is nothing to cache (use the plain path for k=0)")
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
+        # per layer (1, kv_heads, P, head_dim); transformers < 5.2x called the cache `past_key_values`
+        self.layers = [(layer.keys, layer.values) for layer in out.cache.layers]
+        self.length = len(prefix_ids)
+
+    def for_batch(self, batch_size: int):
+        """A new DynamicCache holding the prefix for `batch_size` rows; the stored prefix is never mutated."""
+        from transformers import DynamicCache
+
+        # DynamicCache.update concatenates in place, so each batch gets its own cache object
+        return DynamicCache(
+            [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self.layers]
+        )
+
+
+@dataclass
+class ICLResult:
+    """Accuracy, predictions (n,), label log-probs (n, L) and wall time of one ICL evaluation."""
+
+    accuracy: float
+    predictions: object
+    log_probs: object
+    seconds: float
+
+
+def icl_accuracy(
+    model,
+    tokenizer,
+    demos,
+    eval_set,
+    template: PromptTemplate,
+    verbalizer: Verbalizer,
+    sep: str = "\n\n",
+    use_cache: bool = True,
+    batch_size: int = 16,
+) -> ICLResult:
+    """k-shot accuracy on `eval_set`; use_cache=True runs the demonstrations once and reuses their KV cache.
+
+    Prefix and query are tokenized separately and their ids concatenated, so both paths see the same ids.
+    """
+    start = time.perf_counter()
+    pairs = as_pairs(eval_set)
+    parts = [template.split(text) for text, _ in pairs]
+    suffixes = {after for _, after in parts}
+    if len(suffixes) != 1:
+        raise ValueError(
+            f"template {template.text!r}: put [X] before [Z] so that all queries share the suffix"
+        )
+    prefix = demo_prefix(demos, template, verbalizer, sep)
+    prefix_ids = encode(tokenizer, prefix) if prefix else []
+    kwargs = dict(suffix=suffixes.pop(), batch_size=batch_size)
+    if use_cache and prefix_ids:
+        kwargs["prefix_cache"] = PrefixCache(model, prefix_ids)
+    else:
+        kwargs["prefix_ids"] = prefix_ids  # naive: the prefix is recomputed for every query
+    scores = score_label_words(model, tokenizer, [p for p, _ in parts], verbalizer, **kwargs)
+    log_probs = scores.log_softmax(-1)
+    predictions = log_probs.argmax(-1)
+    acc = accuracy(predictions, [label for _, label in pairs])
+    return ICLResult(acc, predictions, log_probs, time.perf_counter() - start)
