@@ -111,6 +111,12 @@ def cmd_lab(args) -> int:
     return subprocess.call([sys.executable, "-m", "jupyter", "lab", str(notebooks_dir()), *args.extra])
 
 
+def cmd_sft(args) -> int:
+    from .sft import main as sft_main
+
+    return sft_main(args.sft_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sft-lessons", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="also check every cached file's sha256")
     p.set_defaults(func=cmd_fetch)
 
+    p = sub.add_parser(
+        "sft",
+        help="DeepSpeed-Chat step 1 (SFT) with its argument names; same as python -m sft_lessons.sft",
+        add_help=False,  # --help goes to the trainer's own parser
+    )
+    p.add_argument("sft_args", nargs=argparse.REMAINDER, help="arguments for python -m sft_lessons.sft")
+    p.set_defaults(func=cmd_sft)
+
     p = sub.add_parser("lab", help="open JupyterLab on notebooks/")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="extra arguments for jupyter lab")
     p.set_defaults(func=cmd_lab)
@@ -139,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sft"]:  # everything after `sft`, --help included, belongs to the trainer's parser
+        return cmd_sft(argparse.Namespace(sft_args=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

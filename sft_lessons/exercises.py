@@ -100,4 +100,60 @@ def expect_equal(name: str, got, expected) -> None:
 
 
 # ---- chapter 07: DeepSpeed-Chat SFT ----
-# (chapter 07 exercises go here)
+STUB_07_1 = """
+def sft_labels(input_ids, attention_mask, prompt_length):
+    \"\"\"(T,) labels: input_ids with the prompt and the padding set to -100.\"\"\"
+    labels = input_ids.clone()
+    # TODO: mask the first prompt_length positions
+    # TODO: mask the padding, found by the attention mask (not by token id: pad = eos here)
+    return labels
+"""
+
+
+@exercise("07.1", "build the label mask for one record", STUB_07_1)
+def check_sft_labels(fn) -> str:
+    """Prompt and padding masked to -100, answer and its end marker kept, even when pad = eos."""
+    import torch
+
+    # prompt (3) | answer (3, ending in eos = 2) | padding with pad = eos = 2 (3)
+    ids = torch.tensor([11, 12, 13, 21, 22, 2, 2, 2, 2])
+    mask = torch.tensor([1, 1, 1, 1, 1, 1, 0, 0, 0])
+    expected = [-100, -100, -100, 21, 22, 2, -100, -100, -100]
+    got = fn(ids.clone(), mask.clone(), 3)
+    got_list = torch.as_tensor(got).tolist()
+    if got_list[:3] != expected[:3]:
+        raise ExerciseFailed(f"the prompt must be masked: expected {expected[:3]}, got {got_list[:3]}")
+    if got_list[5] != 2:
+        raise ExerciseFailed(
+            f"the answer's final eos (id 2) must keep its label, got {got_list[5]}: "
+            "masking by `input_ids == pad_token_id` hides it when pad = eos; use the attention mask"
+        )
+    expect_equal("labels", got_list, expected)
+    if not torch.equal(fn(ids, mask, 3), torch.tensor(expected)) or ids[0] != 11:
+        raise ExerciseFailed("return a new tensor and leave input_ids unchanged (clone before masking)")
+    no_pad = fn(torch.tensor([5, 6, 7]), torch.tensor([1, 1, 1]), 1).tolist()
+    expect_equal("labels without padding", no_pad, [-100, 6, 7])
+    return "correct: prompt and padding masked by position, the end of the answer is still a target"
+
+
+STUB_07_2 = """
+def first_stop(ids, stop_sequences):
+    \"\"\"Index where the earliest of the stop sequences starts in the list `ids`, or None.\"\"\"
+    # TODO: a marker such as OPT's <|endoftext|> is several tokens: match whole sequences
+    return None
+"""
+
+
+@exercise("07.2", "find where a multi-token end marker starts", STUB_07_2)
+def check_first_stop(fn) -> str:
+    """Earliest start over all sequences; whole-sequence matches only; None if absent."""
+    cases = [
+        (([5, 6, 7, 8, 7, 8], [[7, 8], [9]]), 2),
+        (([5, 6, 0, 7, 8], [[7, 8], [0]]), 2),
+        (([7, 5, 7, 8], [[7, 8]]), 2),
+        (([5, 6, 7], [[7, 8]]), None),
+        (([], [[1]]), None),
+    ]
+    for (ids, stops), expected in cases:
+        expect_equal(f"first_stop({ids}, {stops})", fn(list(ids), stops), expected)
+    return "correct"
