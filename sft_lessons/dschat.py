@@ -379,8 +379,8 @@ def create_prompt_dataset(
     os.makedirs(output_path, exist_ok=True)
     train_file, eval_file = Path(output_path, f"traindata_{key}.pt"), Path(output_path, f"evaldata_{key}.pt")
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    is_builder = local_rank <= 0 and (not distributed or torch.distributed.get_rank() == 0)
-    if is_builder and (reload or not (train_file.is_file() and eval_file.is_file())):
+    # local rank 0 of each node builds (the folder is node-local, as in DeepSpeed-Chat); the others wait
+    if local_rank <= 0 and (reload or not (train_file.is_file() and eval_file.is_file())):
         train, evaluation = _build(
             data_path, data_split, train_phase, seed, tokenizer, max_seq_len, eot_ids, sft_only
         )

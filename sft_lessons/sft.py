@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (-1: all epochs)")
     a("--print_loss", action="store_true", help="print the loss of every optimizer step")
     a(
+        "--group_by_length",
+        action="store_true",
+        help="batch records of similar length: less padding to compute",
+    )
+    a(
         "--test_mode",
         action="store_true",
         help="tiny random model and tokenizer, a few steps: checks the plumbing",
@@ -158,6 +163,40 @@ def optimizer_groups(model, weight_decay: float, lora_lr: float) -> list[dict]:
             index = 2 if any(k in name.lower() for k in no_decay) else 1 if "lora_" in name else 0
             groups[index]["params"].append(param)
     return [g for g in groups if g["params"]]
+
+
+class LengthGroupedBatches:
+    """Batches of similar-length records: a seeded shuffle, sorted by length within windows of 16 batches."""
+
+    def __init__(self, lengths, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.lengths, self.batch_size, self.seed, self.rank, self.world = (
+            list(lengths),
+            batch_size,
+            seed,
+            rank,
+            world,
+        )
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        import numpy as np
+
+        rng = np.random.RandomState(self.seed + self.epoch)
+        order, window = rng.permutation(len(self.lengths)).tolist(), 16 * self.batch_size
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda i: self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))][self.rank :: self.world]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
 
 
 @dataclass
@@ -257,13 +296,22 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph (the seed forbade this)
     model.to(device)
-    sampler = DistributedSampler(train_set, seed=args.seed) if world > 1 else RandomSampler(
-        train_set, generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
-    loader = DataLoader(
-        train_set, args.per_device_train_batch_size, sampler=sampler, collate_fn=default_data_collator
-    )
-    steps = args.num_train_epochs * math.ceil(len(loader) / args.gradient_accumulation_steps)
+    if args.group_by_length:
+        lengths = train_set.tensors["attention_mask"].sum(dim=1).tolist()
+        rank = int(os.environ.get("RANK", "0"))
+        sampler = LengthGroupedBatches(lengths, args.per_device_train_batch_size, args.seed, rank, world)
+        loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=default_data_collator)
+    else:  # DeepSpeed-Chat's sampling
+        sampler = DistributedSampler(train_set, seed=args.seed) if world > 1 else RandomSampler(
+            train_set, generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
+        loader = DataLoader(train_set, args.per_device_train_batch_size, sampler=sampler,
+                            collate_fn=default_data_collator)  # fmt: skip
+    # the engine steps every gradient_accumulation_steps micro-batches, counted across epochs
+    steps = args.num_train_epochs * len(loader) // args.gradient_accumulation_steps
     steps = min(steps, args.max_steps) if args.max_steps > 0 else steps
+    if steps == 0:
+        raise ValueError(f"{len(loader)} micro-batches per epoch < --gradient_accumulation_steps "
+                         f"{args.gradient_accumulation_steps}: no optimizer step would run")  # fmt: skip
     groups = optimizer_groups(model, args.weight_decay, args.lora_learning_rate)
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, steps)
@@ -281,7 +329,7 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
     say(f"epoch 0/{args.num_train_epochs}: held-out perplexity {result.perplexity[-1][1]:.2f}")
     micro_losses, done = [], False
     for epoch in range(1, args.num_train_epochs + 1):
-        if world > 1:
+        if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         engine.train()
         start = time.perf_counter()
@@ -317,70 +365,6 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
             result.output_dir = str(save_hf_format(engine, tokenizer, args))
             say(f"saved a Hugging Face checkpoint to {args.output_dir}")
     return result
-
-
-# ---- how big can you go: DeepSpeed's ZeRO estimators, from configs only ----
-
-MODEL_CONFIGS = {  # values from each model's config.json on the Hugging Face hub
-    "opt-350m": dict(model_type="opt", hidden_size=1024, ffn_dim=4096, num_hidden_layers=24, num_attention_heads=16,
-                     vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=512,
-                     do_layer_norm_before=False),
-    "opt-1.3b": dict(model_type="opt", hidden_size=2048, ffn_dim=8192, num_hidden_layers=24, num_attention_heads=32,
-                     vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=2048),
-    "llama-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                     num_attention_heads=32, vocab_size=32000, max_position_embeddings=2048,
-                     tie_word_embeddings=False),
-}  # fmt: skip
-
-
-def count_params_from_config(config: dict) -> tuple[int, int]:
-    """(total, largest single module) parameter counts of a model built on the meta device: no weights, no download."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = dict(config)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
-    total = sum(p.numel() for p in model.parameters())  # tied weights are counted once
-    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    return total, largest
-
-
-def zero_model_state_bytes(total, largest, stage, offload, num_gpus=1) -> tuple[int, int]:
-    """(GPU bytes per GPU, CPU bytes) for params, gradients and Adam states under ZeRO `stage` (mixed precision)."""
-    from .device import tell_deepspeed
-
-    tell_deepspeed()  # before importing deepspeed, so it does not guess the accelerator and warn
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-
-    if stage == 3:
-        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
-            total, largest, num_gpus, 1, offload, offload, True
-        )
-    elif stage == 2 or offload:  # stage-1 offload runs the same code as stage 2
-        cpu, gpu = estimate_zero2_model_states_mem_needs(total, num_gpus, 1, offload)
-    else:  # DeepSpeed has no stage 0/1 estimator: the stage-2 accounting (2 + 2 + 16 bytes) without partitioning
-        partitioned = 16 * total // num_gpus if stage == 1 else 16 * total
-        cpu, gpu = 0, 4 * total + partitioned
-    return int(gpu), int(cpu)
-
-
-def zero_memory_table(configs: dict[str, dict], gpus=(1, 8)) -> list[dict]:
-    """Rows {model, params, zero_stage, offload, GiB per GPU (for each count in gpus), CPU GiB}."""
-    rows = []
-    for name, config in configs.items():
-        total, largest = count_params_from_config(config)
-        for stage in (0, 1, 2, 3):
-            for offload in (False, True) if stage else (False,):
-                row = dict(model=name, params=f"{total / 1e6:,.0f}M", zero_stage=stage, offload=offload)
-                for n in gpus:
-                    row[f"GiB/GPU ({n} GPU)"] = (
-                        zero_model_state_bytes(total, largest, stage, offload, n)[0] / 2**30
-                    )
-                row["CPU GiB (1 GPU)"] = zero_model_state_bytes(total, largest, stage, offload, 1)[1] / 2**30
-                rows.append(row)
-    return rows
 
 
 def main(argv=None) -> int:

@@ -130,24 +130,17 @@ def test_zero_stages_agree_in_process(tmp_path, monkeypatch):
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 
 
-def test_zero_memory_table_uses_deepspeed_estimators():
-    total, largest = sft.count_params_from_config(sft.MODEL_CONFIGS["llama-7b"])
-    assert total == 6_738_415_616 and largest == 32000 * 4096
-    assert sft.count_params_from_config(sft.MODEL_CONFIGS["opt-350m"])[0] == 331_196_416
-    rows = sft.zero_memory_table({"llama-7b": sft.MODEL_CONFIGS["llama-7b"]}, gpus=(1, 8))
-    assert [(r["zero_stage"], r["offload"]) for r in rows] == [(0, False)] + [
-        (s, o) for s in (1, 2, 3) for o in (False, True)
-    ]
-    by = {(r["zero_stage"], r["offload"]): r for r in rows}
-    gib = 2**30
-    assert by[0, False]["GiB/GPU (1 GPU)"] == pytest.approx(
-        20 * total / gib
-    )  # 2 + 2 + 16 bytes per parameter
-    assert by[2, False]["GiB/GPU (8 GPU)"] == pytest.approx((2 * total + int(18 * total / 8)) / gib)
-    assert by[2, True]["GiB/GPU (1 GPU)"] == pytest.approx(
-        2 * total / gib
-    )  # only fp16 weights stay on the GPU
-    assert by[3, True]["GiB/GPU (8 GPU)"] == pytest.approx(4 * largest / gib)
-    for n in ("1 GPU", "8 GPU"):  # more partitioning never needs more GPU memory
-        stages = [by[s, False][f"GiB/GPU ({n})"] for s in (0, 1, 2, 3)]
-        assert stages == sorted(stages, reverse=True)
+def test_length_grouped_batches():
+    lengths = [int(x) for x in torch.randint(10, 200, (101,), generator=torch.Generator().manual_seed(0))]
+    sampler = sft.LengthGroupedBatches(lengths, batch_size=4, seed=1)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(101)) and len(sampler) == 26
+    assert batches == list(sampler)  # deterministic within an epoch
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    shuffled = torch.randperm(101, generator=torch.Generator().manual_seed(1)).tolist()
+    random_padded = sum(4 * max(lengths[i] for i in shuffled[k : k + 4]) for k in range(0, 101, 4))
+    assert padded < 0.85 * random_padded  # far less padding than random batches
+    ranks = [list(sft.LengthGroupedBatches(lengths, 4, seed=1, rank=r, world=2)) for r in (0, 1)]
+    assert not {i for b in ranks[0] for i in b} & {i for b in ranks[1] for i in b}
