@@ -170,6 +170,12 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_sft(args) -> int:
+    from .sft import main as sft_main
+
+    return sft_main(args.sft_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sft-lessons", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: build/)")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser(
+        "sft",
+        help="DeepSpeed-Chat step 1 (SFT) with its argument names; same as python -m sft_lessons.sft",
+        add_help=False,  # --help goes to the trainer's own parser
+    )
+    p.add_argument("sft_args", nargs=argparse.REMAINDER, help="arguments for python -m sft_lessons.sft")
+    p.set_defaults(func=cmd_sft)
+
     p = sub.add_parser("lab", help="open JupyterLab on notebooks/")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="extra arguments for jupyter lab")
     p.set_defaults(func=cmd_lab)
@@ -224,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sft"]:  # everything after `sft`, --help included, belongs to the trainer's parser
+        return cmd_sft(argparse.Namespace(sft_args=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -476,4 +476,52 @@ def check_sft_labels(fn):
 
 
 # ---- chapter 07: DeepSpeed-Chat SFT ----
-# (chapter 07 exercises go here)
+STUB_07_1 = """
+def split_indices(size, data_split, train_phase, seed):
+    \"\"\"Indices of phase train_phase's share of `size` records: a seeded shuffle cut at the cumulative shares.\"\"\"
+    # TODO: parse "2,4,4" into shares that sum to 1
+    # TODO: shuffle range(size) with np.random.RandomState(seed).permutation
+    # TODO: cut at round(size * cumulative share) and return phase train_phase's slice as a list
+    return []
+"""
+
+
+@exercise("07.1", "data_split: each training phase gets its own seeded share", STUB_07_1)
+def check_split_indices(fn) -> str:
+    """Same indices as DeepSpeed-Chat-style splitting in sft_lessons.dschat; phases disjoint and complete."""
+    from .dschat import split_indices
+
+    for size, split, seed in ((10, "2,4,4", 0), (97, "10,0,0", 1), (33, "1,1,1", 42), (5, "6,2,2", 7)):
+        phases = []
+        for phase in (1, 2, 3):
+            got = [int(i) for i in fn(size, split, phase, seed)]
+            expect_equal(f"split_indices({size}, {split!r}, train_phase={phase}, seed={seed})",
+                         got, split_indices(size, split, phase, seed))
+            phases.append(got)
+        every = sorted(i for part in phases for i in part)
+        if every != list(range(size)):
+            raise ExerciseFailed(f"the three phases of {size} records must cover each record once, got {every}")
+    return "correct: seeded, reproducible shares; the three phases are disjoint and cover every record"
+
+
+STUB_07_2 = """
+def first_stop(ids, stop_sequences):
+    \"\"\"Index where the earliest of the stop sequences starts in the list `ids`, or None.\"\"\"
+    # TODO: a marker such as OPT's <|endoftext|> is several tokens: match whole sequences
+    return None
+"""
+
+
+@exercise("07.2", "find where a multi-token end marker starts", STUB_07_2)
+def check_first_stop(fn) -> str:
+    """Earliest start over all sequences; whole-sequence matches only; None if absent."""
+    cases = [
+        (([5, 6, 7, 8, 7, 8], [[7, 8], [9]]), 2),
+        (([5, 6, 0, 7, 8], [[7, 8], [0]]), 2),
+        (([7, 5, 7, 8], [[7, 8]]), 2),
+        (([5, 6, 7], [[7, 8]]), None),
+        (([], [[1]]), None),
+    ]
+    for (ids, stops), expected in cases:
+        expect_equal(f"first_stop({ids}, {stops})", fn(list(ids), stops), expected)
+    return "correct"

@@ -507,4 +507,79 @@ def dataset_catalogue(rows: list[dict], out_dir=None) -> Path:
 
 
 # ---- chapter 07: DeepSpeed-Chat SFT ----
-# (chapter 07 figures go here)
+SFT_STEPS = [
+    ("hh_sft.jsonl\nprompt + chosen", "#eeeeee"),
+    ("create_prompt_dataset\nsplit, tokenize, mask,\nsha256 cache", "#cfe2f3"),
+    ("LoRA on layers.*\nonly_optimize_lora", "#d9ead3"),
+    ("deepspeed.initialize\nZeRO 0-3, grad accum,\nwarmup + cosine", "#fff2cc"),
+    ("evaluate\nperplexity, house style,\nclean stops", "#fce5cd"),
+    ("fuse + save_hf_format\n-> from_pretrained", "#f4cccc"),
+]
+
+
+def sft_pipeline(out_dir=None) -> Path:
+    """Chapter 7's pipeline, data file to reloadable checkpoint -> images/sft_pipeline.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(12, 2.0))
+    ax.set_xlim(0, 12)
+    ax.set_ylim(0, 2.0)
+    ax.axis("off")
+    w, h, gap = 1.75, 1.1, 0.25
+    for i, (text, color) in enumerate(SFT_STEPS):
+        x = 0.05 + i * (w + gap)
+        _box(ax, x, 0.3, w, h, text, color, fontsize=8)
+        if i:
+            _arrow(ax, x - gap, 0.3 + h / 2, x, 0.3 + h / 2)
+    ax.text(0.05, 1.75, "DeepSpeed-Chat step 1 (SFT), run for real", fontsize=11, weight="bold")
+    return _save(fig, _out("sft_pipeline.png", out_dir))
+
+
+def sft_label_mask(tokens: list[str], labels: list[int], attention_mask: list[int], out_dir=None) -> Path:
+    """One record's tokens coloured by role: prompt (-100), answer (learnt), padding (-100) -> images/."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_row = 16
+    rows = (len(tokens) + per_row - 1) // per_row
+    fig, ax = plt.subplots(figsize=(12, 0.42 * rows + 0.6))
+    ax.set_xlim(0, per_row)
+    ax.set_ylim(rows, -0.8)
+    ax.axis("off")
+    colors = {"prompt": "#dddddd", "target": "#b6d7a8", "padding": "#ffffff"}
+    for i, (tok, lab, att) in enumerate(zip(tokens, labels, attention_mask, strict=True)):
+        kind = "padding" if not att else "prompt" if lab == -100 else "target"
+        r, c = divmod(i, per_row)
+        ax.add_patch(plt.Rectangle((c + 0.03, r + 0.05), 0.94, 0.9, fc=colors[kind], ec="#999999", lw=0.5))
+        ax.text(c + 0.5, r + 0.5, tok.replace("\n", "\\n")[:9], ha="center", va="center", fontsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, fc=colors[k], ec="#999999") for k in colors]
+    labels_txt = ["prompt: label -100", "answer + end marker: learnt", "padding: label -100"]
+    ax.legend(
+        handles, labels_txt, loc="upper left", bbox_to_anchor=(0, 1.0), ncol=3, fontsize=8, frameon=False
+    )
+    return _save(fig, _out("sft_label_mask.png", out_dir))
+
+
+def sft_loss_curve(history: list[dict], perplexity: list, out_dir=None) -> Path:
+    """Training loss per optimizer step and held-out perplexity per epoch -> images/sft_loss_curve.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax1.plot([h["step"] for h in history], [h["loss"] for h in history], marker=".")
+    ax1.set(xlabel="optimizer step", ylabel="training loss (answer tokens)", title="SFT loss")
+    ax1.grid(alpha=0.3)
+    epochs, ppl = zip(*perplexity, strict=True)
+    ax2.plot(epochs, ppl, marker="o", color="#cc4125")
+    ax2.set(xlabel="epoch (0 = before training)", ylabel="held-out perplexity", title="held-out perplexity")
+    ax2.set_xticks(list(epochs))
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, _out("sft_loss_curve.png", out_dir))

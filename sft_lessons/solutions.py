@@ -119,4 +119,23 @@ def sft_labels(input_ids, prompt_len, attention_mask):
 
 
 # ---- chapter 07: DeepSpeed-Chat SFT ----
-# (chapter 07 solutions go here)
+def split_indices(size, data_split, train_phase, seed):
+    """Indices of phase train_phase's share of `size` records: a seeded shuffle cut at the cumulative shares."""
+    import numpy as np
+
+    parts = [float(x) for x in data_split.split(",")]
+    shares = [x / sum(parts) for x in parts]
+    bounds = [0] + [int(round(size * sum(shares[: i + 1]))) for i in range(3)]
+    order = np.random.RandomState(seed).permutation(size)
+    return order[bounds[train_phase - 1] : bounds[train_phase]].tolist()
+
+
+def first_stop(ids, stop_sequences):
+    """Index where the earliest of the stop sequences starts in the list `ids`, or None."""
+    starts = [
+        i
+        for seq in stop_sequences
+        for i in range(len(ids) - len(seq) + 1)
+        if ids[i : i + len(seq)] == list(seq)
+    ]
+    return min(starts, default=None)

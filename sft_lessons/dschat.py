@@ -1,0 +1,431 @@
+"""DeepSpeed-Chat step 1 (SFT), the data side made correct: tokenizer, prompt datasets, label masks, safe caches, saving.
+
+The public names and signatures follow DeepSpeed-Chat (`load_hf_tokenizer`, `create_prompt_dataset`, `save_hf_format`).
+Fixes over the seed material:
+- the tokenizer is loaded from the local path it was given (the seed re-reads `_name_or_path` and downloads);
+- labels mask the prompt and the padding with -100, by position, never by token id (pad = eos would hide the real end);
+- the end-of-conversation marker is kept whole, with its labels, also when it splits into several tokens;
+- cache names hash every input that changes the result (data file contents included), caches are written atomically
+  and read with `torch.load(weights_only=True)` (tensors only, no unpickling of arbitrary objects);
+- `save_hf_format` writes a complete checkpoint (safetensors, config, generation config, tokenizer, chat template).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+END_OF_CONVERSATION_TOKEN = "<|endoftext|>"
+LOCAL_DATASETS = {"local/hh_sft": "hh_sft.jsonl", "hh_sft": "hh_sft.jsonl"}
+HUB_DATASETS = ("Dahoas/rm-static",)
+HH_FIELDS = {"prompt": str, "response": str, "chosen": str, "rejected": str, "split": str}
+CACHE_FORMAT = 1  # bump when the tokenization below changes, so old caches are never reused
+
+
+# ---- tokenizer ----
+
+
+def load_hf_tokenizer(model_name_or_path, fast_tokenizer=True, add_special_tokens=None):
+    """The tokenizer of a local checkpoint (or a course model name), with pad = eos and right padding."""
+    from transformers import AutoTokenizer
+
+    from .models import resolve
+
+    path = resolve(str(model_name_or_path))  # a local dir stays a local dir: no hub lookup, no download
+    tokenizer = AutoTokenizer.from_pretrained(path, use_fast=fast_tokenizer)
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    if add_special_tokens is not None:
+        extra = [add_special_tokens] if isinstance(add_special_tokens, str) else list(add_special_tokens)
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": extra}
+        )  # may grow the vocab: resize the model
+    return tokenizer
+
+
+def end_of_conversation_ids(tokenizer, token: str = END_OF_CONVERSATION_TOKEN) -> list[int]:
+    """The ids the end-of-conversation marker tokenizes to (one id if it is a special token, several otherwise)."""
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"end_of_conversation_token {token!r} tokenizes to nothing")
+    return ids
+
+
+def opt_style_tokenizer(vocab_size: int = 400):
+    """A small GPT-2/OPT-style byte-level BPE tokenizer (offline) in which '<|endoftext|>' is plain text and splits."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .models import _TINY_CORPUS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["</s>"], initial_alphabet=alphabet, show_progress=False
+    )
+    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="</s>", unk_token="</s>")
+
+
+# ---- raw data: rm-static-style records ----
+
+
+class RawPromptDataset:
+    """rm-static-style records (prompt, chosen, rejected) with DeepSpeed-Chat's accessor names."""
+
+    def __init__(self, dataset_name: str, train: list[dict], eval: list[dict], fingerprint: str):
+        self.dataset_name, self.fingerprint = dataset_name, fingerprint
+        self.dataset_name_clean = re.sub(r"[^A-Za-z0-9]+", "_", dataset_name).strip("_")
+        self.train, self.eval = train, eval
+
+    def get_train_data(self) -> list[dict]:
+        return self.train
+
+    def get_eval_data(self) -> list[dict]:
+        return self.eval
+
+    def get_prompt(self, sample) -> str:
+        return sample["prompt"]
+
+    def get_chosen(self, sample) -> str:
+        return sample["chosen"]
+
+    def get_rejected(self, sample) -> str:
+        return sample["rejected"]
+
+    def get_prompt_and_chosen(self, sample) -> str:
+        return sample["prompt"] + sample["chosen"]
+
+    def get_prompt_and_rejected(self, sample) -> str:
+        return sample["prompt"] + sample["rejected"]
+
+
+def _file_sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def get_raw_dataset(dataset_name: str) -> RawPromptDataset:
+    """The bundled hh_sft data ('local/hh_sft'), a .jsonl file with its fields, or Dahoas/rm-static (hub opt-in)."""
+    from .data import data_path, load_jsonl
+    from .models import use_hub
+
+    if dataset_name in LOCAL_DATASETS or str(dataset_name).endswith(".jsonl"):
+        path = (
+            data_path(LOCAL_DATASETS[dataset_name]) if dataset_name in LOCAL_DATASETS else Path(dataset_name)
+        )
+        if not path.is_file():
+            raise FileNotFoundError(f"data_path {dataset_name!r}: no such file")
+        records = load_jsonl(path, HH_FIELDS)
+        train = [r for r in records if r["split"] == "train"]
+        test = [r for r in records if r["split"] == "test"]
+        return RawPromptDataset(str(dataset_name), train, test, _file_sha256(path))
+    if dataset_name in HUB_DATASETS:
+        if not use_hub():
+            raise ValueError(
+                f"{dataset_name!r} needs SFT_LESSONS_USE_HUB=1 and internet; offline use 'local/hh_sft'"
+            )
+        from datasets import load_dataset
+
+        ds = load_dataset(dataset_name)
+        fingerprint = f"{ds['train']._fingerprint}:{ds['test']._fingerprint}"
+        return RawPromptDataset(dataset_name, list(ds["train"]), list(ds["test"]), fingerprint)
+    valid = ", ".join([*LOCAL_DATASETS, *HUB_DATASETS, "<file>.jsonl"])
+    raise ValueError(f"unknown data_path {dataset_name!r}; valid: {valid}")
+
+
+# ---- data_split: each training phase gets its own, seeded share ----
+
+
+def parse_data_split(data_split: str) -> list[float]:
+    """'2,4,4' -> [0.2, 0.4, 0.4]: the shares of phases 1, 2 and 3; raises ValueError on a bad split."""
+    parts = str(data_split).split(",")
+    try:
+        shares = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(
+            f"data_split {data_split!r}: expected three comma-separated numbers, e.g. '2,4,4'"
+        ) from None
+    if len(shares) != 3 or any(s < 0 or s != s for s in shares) or sum(shares) <= 0:
+        raise ValueError(
+            f"data_split {data_split!r}: expected three non-negative numbers (phases 1, 2, 3) with a positive sum"
+        )
+    return [s / sum(shares) for s in shares]
+
+
+def split_indices(size: int, data_split: str, train_phase: int, seed: int) -> list[int]:
+    """Indices of phase `train_phase`'s share of `size` records: a seeded shuffle cut at the cumulative shares."""
+    import numpy as np
+
+    if train_phase not in (1, 2, 3):
+        raise ValueError(f"train_phase must be 1, 2 or 3, got {train_phase!r}")
+    shares = parse_data_split(data_split)
+    bounds = [0] + [int(round(size * sum(shares[: i + 1]))) for i in range(3)]  # ends exactly at size
+    order = np.random.RandomState(seed).permutation(size)
+    return order[bounds[train_phase - 1] : bounds[train_phase]].tolist()
+
+
+# ---- phase 1: one record -> input_ids, attention_mask, labels ----
+
+
+def sft_labels(input_ids, attention_mask, prompt_length: int):
+    """(T,) labels: the input ids, with the prompt (first prompt_length positions) and the padding set to -100."""
+    labels = input_ids.clone()
+    labels[:prompt_length] = -100  # the prompt is context, not a target
+    labels[
+        attention_mask == 0
+    ] = -100  # padding, found by position; never by id: pad = eos is a real target too
+    return labels
+
+
+def build_sft_example(tokenizer, prompt: str, response: str, max_seq_len: int, eot_ids: list[int]):
+    """dict of (max_seq_len,) tensors for prompt + response + end marker, right-padded; None if it does not fit."""
+    import torch
+
+    prompt_ids = tokenizer(prompt)["input_ids"]  # with the tokenizer's own BOS, if it adds one
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + list(eot_ids)
+    ids = prompt_ids + response_ids
+    if len(ids) > max_seq_len:  # never cut the answer or its end marker: drop the record instead
+        return None
+    pad = max_seq_len - len(ids)
+    input_ids = torch.tensor(ids + [tokenizer.pad_token_id] * pad)
+    attention_mask = torch.tensor([1] * len(ids) + [0] * pad)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": sft_labels(input_ids, attention_mask, len(prompt_ids)),
+    }
+
+
+def _pad_rows(rows: list[list[int]], pad_id: int, left: bool = False):
+    """list of id lists -> (ids (N, T), mask (N, T)) padded to the longest row."""
+    import torch
+
+    width = max(map(len, rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        cols = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, cols], mask[i, cols] = torch.tensor(row, dtype=torch.long), 1
+    return ids, mask
+
+
+def tokenize_split(records, raw: RawPromptDataset, phase, tokenizer, max_seq_len, eot_ids) -> dict:
+    """Tensors of one split for one phase: 1 -> input_ids/attention_mask/labels, 2 -> chosen_*/rejected_*, 3 -> prompt."""
+    import torch
+
+    if phase == 1:
+        examples = [
+            build_sft_example(tokenizer, raw.get_prompt(r), raw.get_chosen(r), max_seq_len, eot_ids)
+            for r in records
+        ]
+        kept = [e for e in examples if e is not None]
+        out = {k: torch.stack([e[k] for e in kept]) if kept else torch.zeros(0, max_seq_len, dtype=torch.long)
+               for k in ("input_ids", "attention_mask", "labels")}  # fmt: skip
+    elif phase == 2:
+        out = {}
+        for side, get in (("chosen", raw.get_prompt_and_chosen), ("rejected", raw.get_prompt_and_rejected)):
+            rows = [
+                tokenizer(get(r))["input_ids"][: max_seq_len - len(eot_ids)] + list(eot_ids) for r in records
+            ]
+            out[f"{side}_input_ids"], out[f"{side}_attention_mask"] = _pad_rows(rows, tokenizer.pad_token_id)
+    else:
+        rows = [tokenizer(raw.get_prompt(r))["input_ids"] for r in records]
+        kept = [row for row in rows if len(row) <= max_seq_len]
+        out = {}
+        out["input_ids"], out["attention_mask"] = _pad_rows(kept, tokenizer.pad_token_id, left=True)
+    out["num_dropped"] = torch.tensor(len(records) - len(next(iter(out.values()))))
+    return out
+
+
+class PromptDataset:
+    """A torch-style dataset over cached tensors; phase 1 items are dicts with input_ids, attention_mask, labels."""
+
+    def __init__(self, tensors: dict, train_phase: int):
+        self.tensors = {k: v for k, v in tensors.items() if v.dim() >= 1}
+        self.num_dropped = int(tensors.get("num_dropped", 0))
+        self.train_phase = train_phase
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, idx):
+        row = {k: v[idx] for k, v in self.tensors.items()}
+        if self.train_phase == 2:
+            keys = (
+                "chosen_input_ids",
+                "chosen_attention_mask",
+                "rejected_input_ids",
+                "rejected_attention_mask",
+            )
+            return tuple(row[k] for k in keys)
+        return row
+
+
+# ---- create_prompt_dataset: the seed's signature, with a cache that cannot go stale ----
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of everything in the tokenizer that changes token ids: vocab, merges, specials, pad id."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = json.dumps([type(tokenizer).__name__, tokenizer.pad_token_id, tokenizer.all_special_tokens])
+    return hashlib.sha256((body + extra).encode()).hexdigest()
+
+
+def cache_key(**inputs) -> str:
+    """sha256 hex digest of the inputs (JSON with sorted keys)."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def atomic_torch_save(tensors: dict, path) -> None:
+    """torch.save into a temporary file in the same folder, then rename: readers never see half a file."""
+    import torch
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(tensors, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _concat(parts: list[dict], pad_id: int, left: bool) -> dict:
+    """Concatenate several datasets' tensors, padding rows to the widest (phase 2/3 widths may differ)."""
+    import torch
+    import torch.nn.functional as F
+
+    merged = {"num_dropped": sum(p["num_dropped"] for p in parts)}
+    for k in (k for k in parts[0] if k != "num_dropped"):
+        width = max(p[k].shape[-1] for p in parts)
+        fill = 0 if "mask" in k else -100 if k == "labels" else pad_id
+        pads = [(width - p[k].shape[-1], 0) if left else (0, width - p[k].shape[-1]) for p in parts]
+        merged[k] = torch.cat([F.pad(p[k], pad, value=fill) for p, pad in zip(parts, pads, strict=True)])
+    return merged
+
+
+def _shuffle(tensors: dict, seed: int) -> dict:
+    """The same seeded permutation applied to every (N, ...) tensor."""
+    import numpy as np
+    import torch
+
+    n = len(next(v for v in tensors.values() if v.dim() >= 1))
+    order = torch.from_numpy(np.random.RandomState(seed).permutation(n))
+    return {k: v[order] if v.dim() >= 1 else v for k, v in tensors.items()}
+
+
+def _build(data_path, data_split, train_phase, seed, tokenizer, max_seq_len, eot_ids, sft_only_data_path):
+    """(train tensors, eval tensors): each dataset's phase share, tokenized; several datasets blended and shuffled."""
+    parts = {"train": [], "eval": []}
+    jobs = [(name, data_split) for name in data_path]
+    if train_phase == 1:
+        jobs += [(name, "10,0,0") for name in sft_only_data_path]  # SFT-only data goes entirely to phase 1
+    for name, split in jobs:
+        raw = get_raw_dataset(name)
+        for key, records in (("train", raw.get_train_data()), ("eval", raw.get_eval_data())):
+            chosen = [records[i] for i in split_indices(len(records), split, train_phase, seed)]
+            parts[key].append(tokenize_split(chosen, raw, train_phase, tokenizer, max_seq_len, eot_ids))
+    out = []
+    for key in ("train", "eval"):
+        merged = _concat(parts[key], tokenizer.pad_token_id, left=train_phase == 3)
+        out.append(_shuffle(merged, seed) if len(jobs) > 1 else merged)
+    return out
+
+
+def create_prompt_dataset(
+    local_rank,
+    data_path,
+    data_split,
+    output_path,
+    train_phase,
+    seed,
+    tokenizer,
+    max_seq_len,
+    end_of_conversation_token=END_OF_CONVERSATION_TOKEN,
+    sft_only_data_path=[],  # noqa: B006 - the seed's signature; never mutated
+    reload=False,
+):
+    """(train, eval) PromptDatasets for `train_phase`, cached under output_path by a sha256 of every input."""
+    import torch
+
+    data_path = [data_path] if isinstance(data_path, str) else list(data_path)
+    sft_only = [sft_only_data_path] if isinstance(sft_only_data_path, str) else list(sft_only_data_path)
+    parse_data_split(data_split)  # fail fast, before any work
+    if train_phase not in (1, 2, 3):
+        raise ValueError(f"train_phase must be 1, 2 or 3, got {train_phase!r}")
+    eot_ids = end_of_conversation_ids(tokenizer, end_of_conversation_token)
+    key = cache_key(
+        format=CACHE_FORMAT,
+        data=[(name, get_raw_dataset(name).fingerprint) for name in data_path],
+        sft_only=[(name, get_raw_dataset(name).fingerprint) for name in sft_only],
+        data_split=data_split,
+        train_phase=train_phase,
+        seed=seed,
+        tokenizer=tokenizer_fingerprint(tokenizer),
+        max_seq_len=max_seq_len,
+        end_of_conversation=eot_ids,
+    )
+    os.makedirs(output_path, exist_ok=True)
+    train_file, eval_file = Path(output_path, f"traindata_{key}.pt"), Path(output_path, f"evaldata_{key}.pt")
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    # local rank 0 of each node builds (the folder is node-local, as in DeepSpeed-Chat); the others wait
+    if local_rank <= 0 and (reload or not (train_file.is_file() and eval_file.is_file())):
+        train, evaluation = _build(
+            data_path, data_split, train_phase, seed, tokenizer, max_seq_len, eot_ids, sft_only
+        )
+        atomic_torch_save(train, train_file)
+        atomic_torch_save(evaluation, eval_file)
+    if distributed:
+        torch.distributed.barrier()  # the other ranks wait for rank 0's files
+    load = lambda f: PromptDataset(torch.load(f, weights_only=True), train_phase)  # noqa: E731
+    return load(train_file), load(eval_file)
+
+
+# ---- save_hf_format: a checkpoint that from_pretrained can load, tokenizer and chat template included ----
+
+
+def _full_state_dict(model) -> dict:
+    """The model's state dict on CPU; under ZeRO-3 the partitioned parameters are gathered first."""
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        return model.state_dict()
+    import deepspeed
+
+    copies = {}  # by storage, so tied weights (embeddings = lm_head) stay one tensor
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        for v in model.state_dict().values():
+            if v.data_ptr() not in copies:
+                copies[v.data_ptr()] = v.detach().cpu().clone()
+        return {k: copies[v.data_ptr()] for k, v in model.state_dict().items()}
+
+
+def save_hf_format(model, tokenizer, args, sub_folder: str = "") -> Path:
+    """Write config, generation config, model.safetensors and the whole tokenizer to args.output_dir/sub_folder."""
+    from .lora import LORA_KEYS, lora_layers
+
+    model_to_save = model.module if hasattr(model, "module") else model  # unwrap a DeepSpeed engine
+    unfused = [name for name, layer in lora_layers(model_to_save).items() if not layer.fuse_lora]
+    if unfused:  # the seed silently dropped the adapters here; fusing first keeps what was learned
+        raise ValueError(
+            f"{len(unfused)} LoRA layers are not fused (e.g. {unfused[0]!r}); "
+            "call convert_lora_to_linear_layer(model) before save_hf_format"
+        )
+    output_dir = Path(getattr(args, "output_dir", args), sub_folder)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: v for k, v in _full_state_dict(model_to_save).items() if k.rsplit(".", 1)[-1] not in LORA_KEYS
+    }
+    model_to_save.save_pretrained(output_dir, state_dict=state)  # safetensors + config + generation_config
+    tokenizer.save_pretrained(output_dir)  # tokenizer.json, its config, special tokens, chat template
+    return output_dir

@@ -1,0 +1,387 @@
+"""DeepSpeed-Chat step 1 as a command: `python -m sft_lessons.sft` (or `sft-lessons sft`), with step 1's argument names.
+
+Single process with plain `python` (gloo on CPU, NCCL on GPU); several GPUs under the launcher:
+    deepspeed --num_gpus N -m sft_lessons.sft --zero_stage 2 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .dschat import END_OF_CONVERSATION_TOKEN, parse_data_split
+
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+DTYPES = ("fp32", "bf16", "fp16")
+TEST_MODE = dict(max_seq_len=384, per_device_train_batch_size=4, per_device_eval_batch_size=8, max_steps=3)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """DeepSpeed-Chat step 1's arguments (same names and meanings), plus --test_mode, --max_steps, --lora_scaling."""
+    p = argparse.ArgumentParser(prog="sft-lessons sft", description=__doc__.splitlines()[0])
+    a = p.add_argument
+    a(
+        "--data_path",
+        nargs="*",
+        default=["local/hh_sft"],
+        help="datasets: local/hh_sft, a .jsonl, Dahoas/rm-static",
+    )
+    a(
+        "--data_split",
+        default="10,0,0",
+        help="shares of phases 1,2,3, e.g. 2,4,4 (this course trains phase 1 only)",
+    )
+    a("--sft_only_data_path", nargs="*", default=[], help="datasets used entirely for phase 1")
+    a("--data_output_path", default=None, help="cache folder for tokenized data (default: build/data_files)")
+    a(
+        "--model_name_or_path",
+        default="smollm2-135m-instruct",
+        help="a course model name or a local checkpoint",
+    )
+    a("--per_device_train_batch_size", type=int, default=8)
+    a("--per_device_eval_batch_size", type=int, default=16)
+    a("--max_seq_len", type=int, default=160, help="longer records are dropped, never cut")
+    a("--learning_rate", type=float, default=2e-5, help="for the non-LoRA parameters")
+    a("--weight_decay", type=float, default=0.0)
+    a("--num_train_epochs", type=int, default=1)
+    a("--gradient_accumulation_steps", type=int, default=1)
+    a("--lr_scheduler_type", default="cosine", choices=SCHEDULERS)
+    a("--num_warmup_steps", type=int, default=0)
+    a("--output_dir", default=None, help="where save_hf_format writes the fused model (default: no saving)")
+    a("--seed", type=int, default=1234)
+    a("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
+    a("--gradient_checkpointing", action="store_true")
+    a("--offload", action="store_true", help="ZeRO-Offload: optimizer state in CPU memory (GPU only)")
+    a("--zero_stage", type=int, default=0, choices=(0, 1, 2, 3), help="3 partitions the weights too (GPU)")
+    a("--dtype", default="fp32", choices=DTYPES)
+    a("--lora_dim", type=int, default=0, help="LoRA rank r; 0 = full fine-tuning")
+    a("--lora_module_name", default="layers.", help="substring of the Linear layers to adapt; several: a,b")
+    a("--lora_scaling", type=float, default=1.0, help="LoRA alpha: the update is scaled by alpha / r")
+    a("--only_optimize_lora", action="store_true", help="freeze everything but the LoRA factors")
+    a("--lora_learning_rate", type=float, default=5e-4, help="learning rate of the LoRA factors")
+    a("--end_of_conversation_token", default=END_OF_CONVERSATION_TOKEN)
+    a(
+        "--add_eot_token",
+        action="store_true",
+        help="add the end marker as a special token (resizes embeddings)",
+    )
+    a("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (-1: all epochs)")
+    a("--print_loss", action="store_true", help="print the loss of every optimizer step")
+    a(
+        "--group_by_length",
+        action="store_true",
+        help="batch records of similar length: less padding to compute",
+    )
+    a(
+        "--test_mode",
+        action="store_true",
+        help="tiny random model and tokenizer, a few steps: checks the plumbing",
+    )
+    return p
+
+
+def validate_args(args) -> argparse.Namespace:
+    """Raise ValueError naming the bad value and the valid ones; returns args."""
+    parse_data_split(args.data_split)
+    if args.lora_dim < 0:
+        raise ValueError(f"--lora_dim must be >= 0 (0 = no LoRA), got {args.lora_dim}")
+    if args.only_optimize_lora and args.lora_dim == 0:
+        raise ValueError("--only_optimize_lora needs --lora_dim > 0")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                 "num_train_epochs"):  # fmt: skip
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.max_seq_len < 8:
+        raise ValueError(f"--max_seq_len must be >= 8, got {args.max_seq_len}")
+    if args.num_warmup_steps < 0:
+        raise ValueError(f"--num_warmup_steps must be >= 0, got {args.num_warmup_steps}")
+    return args
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parsed and validated arguments (test_mode fills in its small sizes)."""
+    args = build_parser().parse_args(argv)
+    if args.test_mode:
+        for key, value in TEST_MODE.items():
+            setattr(args, key, value)
+    return validate_args(args)
+
+
+def init_distributed(device) -> int:
+    """deepspeed.init_distributed for this process (gloo on CPU, NCCL on GPU); returns the world size."""
+    import socket
+
+    import deepspeed
+
+    if "RANK" not in os.environ:  # plain `python`: a one-process group on a free local port
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
+        )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device.type == "cpu" and world == 1:
+        # The shared-memory allreduce kernel only helps several processes on one host; skip its JIT build (minutes).
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
+    return world
+
+
+def get_train_ds_config(args, world_size: int = 1) -> dict:
+    """The DeepSpeed config: ZeRO stage, offload, dtype, batch sizes, gradient clipping."""
+    zero = {"stage": args.zero_stage}
+    if args.offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if args.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_micro_batch_size_per_gpu": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "train_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,  # torch's AdamW: no CUDA kernels to compile
+        "bf16": {"enabled": args.dtype == "bf16"},
+        "fp16": {"enabled": args.dtype == "fp16"},
+        "gradient_clipping": 1.0,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def optimizer_groups(model, weight_decay: float, lora_lr: float) -> list[dict]:
+    """DeepSpeed-Chat's three groups: decayed weights, LoRA factors (own lr), biases and norms (no decay)."""
+    no_decay = ("bias", "norm.weight", "layernorm.weight", "ln_f.weight")
+    groups = [dict(params=[], weight_decay=weight_decay), dict(params=[], weight_decay=weight_decay, lr=lora_lr),
+              dict(params=[], weight_decay=0.0)]  # fmt: skip
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            index = 2 if any(k in name.lower() for k in no_decay) else 1 if "lora_" in name else 0
+            groups[index]["params"].append(param)
+    return [g for g in groups if g["params"]]
+
+
+class LengthGroupedBatches:
+    """Batches of similar-length records: a seeded shuffle, sorted by length within windows of 16 batches."""
+
+    def __init__(self, lengths, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.lengths, self.batch_size, self.seed, self.rank, self.world = (
+            list(lengths),
+            batch_size,
+            seed,
+            rank,
+            world,
+        )
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        import numpy as np
+
+        rng = np.random.RandomState(self.seed + self.epoch)
+        order, window = rng.permutation(len(self.lengths)).tolist(), 16 * self.batch_size
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda i: self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))][self.rank :: self.world]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+@dataclass
+class SFTResult:
+    """What a run produced: the trained model, its history and measurements."""
+
+    model: object
+    tokenizer: object
+    args: argparse.Namespace
+    history: list = field(default_factory=list)  # one dict per optimizer step: step, loss, lr
+    perplexity: list = field(default_factory=list)  # (epoch, held-out perplexity), epoch 0 = before training
+    train_seconds: float = 0.0
+    real_tokens: int = 0  # non-padding tokens processed in training
+    padded_tokens: int = 0  # tokens the model actually ran on (after trimming each batch)
+    num_train: int = 0
+    num_eval: int = 0
+    trainable_params: int = 0
+    output_dir: str | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.real_tokens / max(self.train_seconds, 1e-9)
+
+
+def _load(args, model, tokenizer):
+    """(model, tokenizer): the given ones, the tiny test pair, or the checkpoint named by --model_name_or_path."""
+    from .dschat import load_hf_tokenizer
+    from .models import _quiet_from_pretrained, resolve, tiny_causal_lm, tiny_tokenizer
+
+    if args.test_mode and model is None:
+        tokenizer = tokenizer or tiny_tokenizer()
+        model = tiny_causal_lm("llama", seed=args.seed, vocab_size=len(tokenizer))
+    if tokenizer is None:
+        eot = args.end_of_conversation_token if args.add_eot_token else None
+        tokenizer = load_hf_tokenizer(args.model_name_or_path, add_special_tokens=eot)
+    if model is None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+        model = _quiet_from_pretrained(AutoModelForCausalLM, resolve(args.model_name_or_path), dtype=dtype)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # a marker added as a new token
+        model.resize_token_embeddings(int(8 * math.ceil(len(tokenizer) / 8.0)))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
+    """Run DeepSpeed-Chat step 1 on one process (or one rank): data, LoRA, deepspeed.initialize, train, eval, save."""
+    import deepspeed
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data.distributed import DistributedSampler
+    from transformers import default_data_collator, get_scheduler
+
+    from .device import get_device, set_seed, tell_deepspeed
+    from .dschat import create_prompt_dataset, end_of_conversation_ids, save_hf_format
+    from .lora import (
+        convert_linear_layer_to_lora,
+        convert_lora_to_linear_layer,
+        only_optimize_lora_parameters,
+    )
+    from .paths import build_dir
+    from .sft_eval import perplexity, trim_padding
+
+    device = get_device()
+    if device.type == "cuda" and args.local_rank >= 0:
+        torch.cuda.set_device(args.local_rank)
+        device = torch.device("cuda", args.local_rank)
+    if device.type != "cuda" and (args.offload or args.dtype == "fp16"):
+        raise ValueError(f"--offload and --dtype fp16 need a GPU; this run is on {device.type}")
+    set_seed(args.seed)
+    model, tokenizer = _load(args, model, tokenizer)
+    eot = end_of_conversation_ids(tokenizer, args.end_of_conversation_token)
+    # generate() should stop at the marker too (a marker that splits needs stop_sequences, see sft_eval)
+    model.generation_config.eos_token_id = sorted({tokenizer.eos_token_id, *(eot if len(eot) == 1 else [])})
+    if args.lora_dim > 0:  # first, so a bad --lora_module_name fails before any other work
+        convert_linear_layer_to_lora(
+            model, args.lora_module_name.split(","), args.lora_dim, args.lora_scaling
+        )
+        if args.only_optimize_lora:
+            only_optimize_lora_parameters(model)
+    tell_deepspeed(device)
+    world = init_distributed(device)
+    data_out = args.data_output_path or str(build_dir() / "data_files")
+    train_set, eval_set = create_prompt_dataset(
+        args.local_rank, args.data_path, args.data_split, data_out, 1, args.seed, tokenizer, args.max_seq_len,
+        end_of_conversation_token=args.end_of_conversation_token, sft_only_data_path=args.sft_only_data_path,
+    )  # fmt: skip
+    if len(train_set) == 0:
+        raise ValueError(
+            f"no training records fit --max_seq_len {args.max_seq_len} with --data_split {args.data_split}"
+        )
+    if args.test_mode:
+        eval_set.tensors = {k: v[:16] for k, v in eval_set.tensors.items()}
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph (the seed forbade this)
+    model.to(device)
+    if args.group_by_length:
+        lengths = train_set.tensors["attention_mask"].sum(dim=1).tolist()
+        rank = int(os.environ.get("RANK", "0"))
+        sampler = LengthGroupedBatches(lengths, args.per_device_train_batch_size, args.seed, rank, world)
+        loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=default_data_collator)
+    else:  # DeepSpeed-Chat's sampling
+        sampler = DistributedSampler(train_set, seed=args.seed) if world > 1 else RandomSampler(
+            train_set, generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
+        loader = DataLoader(train_set, args.per_device_train_batch_size, sampler=sampler,
+                            collate_fn=default_data_collator)  # fmt: skip
+    # the engine steps every gradient_accumulation_steps micro-batches, counted across epochs
+    steps = args.num_train_epochs * len(loader) // args.gradient_accumulation_steps
+    steps = min(steps, args.max_steps) if args.max_steps > 0 else steps
+    if steps == 0:
+        raise ValueError(f"{len(loader)} micro-batches per epoch < --gradient_accumulation_steps "
+                         f"{args.gradient_accumulation_steps}: no optimizer step would run")  # fmt: skip
+    groups = optimizer_groups(model, args.weight_decay, args.lora_learning_rate)
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, steps)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=get_train_ds_config(args, world)
+    )
+    result = SFTResult(engine.module, tokenizer, args, num_train=len(train_set), num_eval=len(eval_set),
+                       trainable_params=trainable)  # fmt: skip
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    say = log if rank0 else (lambda *a, **k: None)
+    say(f"train {len(train_set)} records ({train_set.num_dropped} longer than {args.max_seq_len} dropped), "
+        f"eval {len(eval_set)}; {steps} optimizer steps; trainable params {result.trainable_params:,}")  # fmt: skip
+    result.perplexity.append((0, perplexity(engine, eval_set, args.per_device_eval_batch_size)))
+    say(f"epoch 0/{args.num_train_epochs}: held-out perplexity {result.perplexity[-1][1]:.2f}")
+    micro_losses, done = [], False
+    for epoch in range(1, args.num_train_epochs + 1):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        engine.train()
+        start = time.perf_counter()
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in trim_padding(batch).items()}
+            loss = engine(**batch, use_cache=False).loss
+            engine.backward(loss)
+            boundary = engine.is_gradient_accumulation_boundary()
+            engine.step()
+            micro_losses.append(loss.item())
+            result.real_tokens += int(batch["attention_mask"].sum()) * world
+            result.padded_tokens += batch["input_ids"].numel() * world
+            if boundary:
+                result.history.append(dict(step=len(result.history) + 1, epoch=epoch,
+                                           loss=sum(micro_losses) / len(micro_losses), lr=scheduler.get_last_lr()))  # fmt: skip
+                micro_losses = []
+                if args.print_loss:
+                    say(f"step {len(result.history)}/{steps}: loss {result.history[-1]['loss']:.4f}")
+                if len(result.history) >= steps:
+                    done = True
+                    break
+        result.train_seconds += time.perf_counter() - start
+        result.perplexity.append((epoch, perplexity(engine, eval_set, args.per_device_eval_batch_size)))
+        say(f"epoch {epoch}/{args.num_train_epochs}: held-out perplexity {result.perplexity[-1][1]:.2f}")
+        if done:
+            break
+    say(f"trained {len(result.history)} steps in {result.train_seconds:.1f} s, "
+        f"{result.tokens_per_second:.0f} tokens/s (non-padding)")  # fmt: skip
+    engine.eval()
+    if args.output_dir:
+        convert_lora_to_linear_layer(engine.module)  # fuse W0 += s B A, as DeepSpeed-Chat does before saving
+        if rank0:
+            result.output_dir = str(save_hf_format(engine, tokenizer, args))
+            say(f"saved a Hugging Face checkpoint to {args.output_dir}")
+    return result
+
+
+def main(argv=None) -> int:
+    """Command-line entry point; bad arguments print one clear line and exit with status 2."""
+    from .device import quiet
+
+    parser = build_parser()
+    try:
+        args = parse_args(argv)
+        quiet()
+        train_sft(args)
+    except ValueError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+import json
+
+import pytest
+import torch
+
+from sft_lessons import dschat
+from sft_lessons.data import data_path
+from sft_lessons.dschat import (
+    build_sft_example,
+    create_prompt_dataset,
+    end_of_conversation_ids,
+    load_hf_tokenizer,
+    opt_style_tokenizer,
+    parse_data_split,
+    save_hf_format,
+    sft_labels,
+    split_indices,
+)
+from sft_lessons.lora import convert_linear_layer_to_lora, convert_lora_to_linear_layer
+from sft_lessons.models import tiny_causal_lm, tiny_tokenizer
+
+PROMPT = "\n\nHuman: what is the capital of France?\n\nAssistant:"
+RESPONSE = " Answer: Paris is the capital of France.\n- keys and values"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+# ---- tokenizer ----
+
+
+def test_load_hf_tokenizer_stays_local(tmp_path, tok):
+    tok.save_pretrained(tmp_path)
+    # the seed would follow _name_or_path to the hub; we must load the files in tmp_path
+    (tmp_path / "config.json").write_text(json.dumps({"_name_or_path": "facebook/opt-350m"}))
+    loaded = load_hf_tokenizer(str(tmp_path))
+    assert len(loaded) == len(tok) == 320
+    assert loaded.pad_token == loaded.eos_token == "<|im_end|>"
+    assert loaded.padding_side == "right"
+
+
+def test_load_hf_tokenizer_adds_special_tokens(tmp_path, tok):
+    tok.save_pretrained(tmp_path)
+    loaded = load_hf_tokenizer(str(tmp_path), add_special_tokens="<|eot|>")
+    assert len(loaded) == 321
+    assert len(end_of_conversation_ids(loaded, "<|eot|>")) == 1
+
+
+def test_end_of_conversation_single_and_split(tok):
+    assert end_of_conversation_ids(tok) == [0]  # a special token: one id
+    split = opt_style_tokenizer()
+    ids = end_of_conversation_ids(split)
+    assert len(ids) > 1 and split.decode(ids) == "<|endoftext|>"
+
+
+# ---- data_split ----
+
+
+@pytest.mark.parametrize("bad", ["2,4", "a,b,c", "0,0,0", "-1,2,2", "1,2,3,4", ""])
+def test_parse_data_split_rejects(bad):
+    with pytest.raises(ValueError, match="data_split"):
+        parse_data_split(bad)
+
+
+def test_parse_data_split_shares():
+    assert parse_data_split("2,4,4") == pytest.approx([0.2, 0.4, 0.4])
+    assert parse_data_split("10,0,0") == [1.0, 0.0, 0.0]
+
+
+def test_split_indices_partition_is_seeded():
+    parts = [split_indices(101, "2,4,4", phase, seed=7) for phase in (1, 2, 3)]
+    assert sorted(sum(parts, [])) == list(range(101))  # disjoint and complete
+    assert [len(p) for p in parts] == [20, 41, 40]
+    assert parts[0] == split_indices(101, "2,4,4", 1, seed=7)
+    assert parts[0] != split_indices(101, "2,4,4", 1, seed=8)
+    with pytest.raises(ValueError, match="train_phase"):
+        split_indices(10, "2,4,4", 4, seed=0)
+
+
+# ---- phase 1 labels, token by token ----
+
+
+def test_labels_mask_prompt_and_padding(tok):
+    ex = build_sft_example(tok, PROMPT, RESPONSE, 64, [0])
+    n_prompt = len(tok(PROMPT)["input_ids"])
+    n_real = n_prompt + len(tok(RESPONSE, add_special_tokens=False)["input_ids"]) + 1
+    ids, mask, labels = ex["input_ids"], ex["attention_mask"], ex["labels"]
+    assert ids.shape == mask.shape == labels.shape == (64,)
+    assert (labels[:n_prompt] == -100).all()  # prompt
+    assert torch.equal(labels[n_prompt:n_real], ids[n_prompt:n_real])  # answer + end marker
+    assert labels[n_real - 1] == 0  # the end marker keeps its label
+    assert (labels[n_real:] == -100).all() and (mask[n_real:] == 0).all() and (ids[n_real:] == 2).all()
+
+
+def test_end_label_survives_when_pad_is_eos(tok):
+    # end the answer with <|im_end|> (= eos = pad): masking by id would hide the real end
+    ex = build_sft_example(tok, PROMPT, RESPONSE, 64, [tok.eos_token_id])
+    n_real = int(ex["attention_mask"].sum())
+    assert ex["labels"][n_real - 1] == tok.pad_token_id == tok.eos_token_id  # learnt: the model can stop
+    wrong = ex["input_ids"].masked_fill(ex["input_ids"] == tok.pad_token_id, -100)  # the id-based mask
+    assert wrong[n_real - 1] == -100
+
+
+def test_sft_labels_by_position():
+    ids = torch.tensor([5, 6, 7, 2, 2, 2])
+    mask = torch.tensor([1, 1, 1, 1, 0, 0])
+    assert sft_labels(ids, mask, 2).tolist() == [-100, -100, 7, 2, -100, -100]
+
+
+def test_multi_token_marker_kept_whole():
+    split = opt_style_tokenizer()
+    eot = end_of_conversation_ids(split)
+    ex = build_sft_example(split, PROMPT, RESPONSE, 256, eot)
+    n_real = int(ex["attention_mask"].sum())
+    assert ex["labels"][n_real - len(eot) : n_real].tolist() == eot  # every piece labelled
+    too_short = n_real - 1  # it would cut the marker: the record is dropped, not truncated
+    assert build_sft_example(split, PROMPT, RESPONSE, too_short, eot) is None
+
+
+# ---- create_prompt_dataset and its cache ----
+
+
+def test_create_prompt_dataset_phase1(tmp_path, tok):
+    train, evaluation = create_prompt_dataset(-1, ["local/hh_sft"], "10,0,0", tmp_path, 1, 0, tok, 512)
+    item = train[0]
+    assert set(item) == {"input_ids", "attention_mask", "labels"}
+    assert len(train) + train.num_dropped == 280 and len(evaluation) + evaluation.num_dropped == 50
+    assert item["input_ids"].shape == (512,)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2 and all(len(f.split("_")[1].split(".")[0]) == 64 for f in files)  # sha256 names
+    for f in tmp_path.iterdir():  # tensors only: loadable without unpickling arbitrary objects
+        assert isinstance(torch.load(f, weights_only=True), dict)
+
+
+def test_cache_is_reused_and_keyed_on_inputs(tmp_path, tok, monkeypatch):
+    create_prompt_dataset(-1, "local/hh_sft", "2,4,4", tmp_path, 1, 0, tok, 512)
+
+    def fail(*a, **k):
+        raise AssertionError("rebuilt although the cache was valid")
+
+    monkeypatch.setattr(dschat, "_build", fail)
+    train, _ = create_prompt_dataset(-1, "local/hh_sft", "2,4,4", tmp_path, 1, 0, tok, 512)
+    assert len(train) + train.num_dropped == 56  # phase 1's 20% of 280
+    with pytest.raises(AssertionError, match="rebuilt"):
+        create_prompt_dataset(-1, "local/hh_sft", "2,4,4", tmp_path, 1, 0, tok, 256)  # new max_seq_len
+    with pytest.raises(AssertionError, match="rebuilt"):
+        create_prompt_dataset(-1, "local/hh_sft", "2,4,4", tmp_path, 1, 0, tok, 512, reload=True)
+
+
+def test_cache_key_follows_file_contents(tmp_path, tok):
+    data = tmp_path / "mine.jsonl"
+    rows = data_path("hh_sft.jsonl").read_text().splitlines()[:40]
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "cache"
+    a, _ = create_prompt_dataset(-1, [str(data)], "10,0,0", out, 1, 0, tok, 512)
+    data.write_text("\n".join(rows[:20]) + "\n")  # same name, new contents: a stale cache must not be used
+    b, _ = create_prompt_dataset(-1, [str(data)], "10,0,0", out, 1, 0, tok, 512)
+    assert len(a) + a.num_dropped > len(b) + b.num_dropped
+    assert len(list(out.glob("traindata_*.pt"))) == 2
+    assert not list(out.glob(".*tmp"))  # atomic writes leave no temporary files
+
+
+def test_phase2_and_phase3_shapes(tmp_path, tok):
+    train2, _ = create_prompt_dataset(-1, "local/hh_sft", "2,4,4", tmp_path, 2, 0, tok, 256)
+    chosen_ids, chosen_mask, rejected_ids, rejected_mask = train2[0]
+    assert chosen_ids.shape == chosen_mask.shape and rejected_ids.shape == rejected_mask.shape
+    train3, _ = create_prompt_dataset(-1, "local/hh_sft", "2,4,4", tmp_path, 3, 0, tok, 256)
+    assert train3[0]["attention_mask"][-1] == 1  # prompts are left-padded for generation
+
+
+def test_bad_data_path_errors(tmp_path, tok, monkeypatch):
+    with pytest.raises(ValueError, match="unknown data_path 'nope'.*local/hh_sft"):
+        create_prompt_dataset(-1, ["nope"], "10,0,0", tmp_path, 1, 0, tok, 128)
+    monkeypatch.delenv("SFT_LESSONS_USE_HUB", raising=False)
+    with pytest.raises(ValueError, match="SFT_LESSONS_USE_HUB=1"):
+        create_prompt_dataset(-1, ["Dahoas/rm-static"], "10,0,0", tmp_path, 1, 0, tok, 128)
+
+
+# ---- save_hf_format ----
+
+
+def test_save_hf_format_complete_and_reloadable(tmp_path, tok):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = convert_linear_layer_to_lora(tiny_causal_lm("llama", seed=0), "layers.", lora_dim=4)
+    for name, p in model.named_parameters():
+        if "lora_left" in name:
+            torch.nn.init.normal_(p, std=0.5)  # a non-zero update, as after training
+    with pytest.raises(ValueError, match="not fused"):
+        save_hf_format(model, tok, tmp_path)
+    ids = torch.tensor([[1, 40, 41, 42, 43]])
+    with torch.no_grad():
+        before = model(ids).logits
+    convert_lora_to_linear_layer(model)
+    out = save_hf_format(model, tok, type("Args", (), {"output_dir": str(tmp_path)})())
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= names
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert not any("lora" in k for k in reloaded.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, before, atol=1e-5, rtol=1e-4)
+    tok2 = AutoTokenizer.from_pretrained(out)
+    assert tok2.chat_template == tok.chat_template and tok2.get_vocab() == tok.get_vocab()
+
+
+# ---- chapter 7 exercises: the checkers accept the solutions and explain wrong answers ----
+
+
+def test_exercise_07_1_split_indices():
+    from sft_lessons import exercises, solutions
+
+    assert exercises.check("07.1", solutions.split_indices).startswith("correct")
+    assert exercises.check("07.1", split_indices).startswith("correct")
+    namespace = {}
+    exec(exercises.EXERCISES["07.1"].stub, namespace)
+    with pytest.raises(exercises.ExerciseFailed, match="expected"):
+        exercises.check("07.1", namespace["split_indices"])
+
+    def unseeded_order(size, data_split, train_phase, seed):  # the cut without the shuffle
+        shares = [float(x) for x in data_split.split(",")]
+        bounds = [0] + [int(round(size * sum(shares[: i + 1]) / sum(shares))) for i in range(3)]
+        return list(range(bounds[train_phase - 1], bounds[train_phase]))
+
+    with pytest.raises(exercises.ExerciseFailed, match="split_indices"):
+        exercises.check("07.1", unseeded_order)
+
+
+def test_exercise_07_2_first_stop():
+    from sft_lessons import exercises, solutions
+    from sft_lessons.sft_eval import _first_stop
+
+    assert exercises.check("07.2", solutions.first_stop) == "correct"
+    assert exercises.check("07.2", _first_stop) == "correct"
+    namespace = {}
+    exec(exercises.EXERCISES["07.2"].stub, namespace)
+    with pytest.raises(exercises.ExerciseFailed, match="expected 2, got None"):
+        exercises.check("07.2", namespace["first_stop"])

@@ -1,0 +1,146 @@
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sft_lessons import cli, sft
+from sft_lessons.lora import convert_linear_layer_to_lora
+from sft_lessons.models import tiny_causal_lm
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data_split", "2,4"], "data_split '2,4'"),
+        (["--data_split", "x,y,z"], "data_split 'x,y,z'"),
+        (["--data_split", "0,0,0"], "positive sum"),
+        (["--lora_dim", "-1"], "--lora_dim must be >= 0"),
+        (["--only_optimize_lora"], "needs --lora_dim > 0"),
+        (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps must be >= 1"),
+    ],
+)
+def test_bad_arguments_are_named(argv, message, capsys):
+    assert sft.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_argparse_choices(capsys):
+    with pytest.raises(SystemExit):
+        sft.parse_args(["--zero_stage", "4"])
+    assert "invalid choice: 4" in capsys.readouterr().err
+
+
+def test_seed_argument_names():
+    names = {a.dest for a in sft.build_parser()._actions}
+    step1 = {"data_path", "data_split", "data_output_path", "max_seq_len", "model_name_or_path", "lora_dim",
+             "lora_module_name", "only_optimize_lora", "lora_learning_rate", "gradient_checkpointing",
+             "per_device_train_batch_size", "learning_rate", "num_train_epochs", "gradient_accumulation_steps",
+             "lr_scheduler_type", "num_warmup_steps", "zero_stage", "offload", "dtype", "seed", "output_dir",
+             "test_mode"}  # fmt: skip
+    assert step1 <= names
+
+
+def test_ds_config_follows_arguments():
+    args = sft.parse_args(["--zero_stage", "2", "--gradient_accumulation_steps", "4", "--dtype", "bf16"])
+    config = sft.get_train_ds_config(args, world_size=2)
+    assert config["zero_optimization"] == {"stage": 2}
+    assert config["train_batch_size"] == 8 * 4 * 2
+    assert config["bf16"]["enabled"] and not config["fp16"]["enabled"]
+    args = sft.parse_args(["--zero_stage", "3", "--offload"])
+    assert set(sft.get_train_ds_config(args)["zero_optimization"]) == {
+        "stage",
+        "offload_optimizer",
+        "offload_param",
+    }
+
+
+def test_optimizer_groups_give_lora_its_own_lr():
+    model = convert_linear_layer_to_lora(tiny_causal_lm("llama"), "layers.", lora_dim=2)
+    groups = sft.optimizer_groups(model, weight_decay=0.1, lora_lr=1e-3)
+    assert [g.get("lr") for g in groups] == [None, 1e-3, None]
+    assert groups[2]["weight_decay"] == 0.0
+    n_lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert sum(p.numel() for p in groups[1]["params"]) == n_lora
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # LoRA freezes W0, not the rest
+    assert sum(p.numel() for g in groups for p in g["params"]) == trainable
+
+
+def test_unknown_lora_module_fails_fast(capsys):
+    argv = ["--test_mode", "--lora_dim", "4", "--lora_module_name", "decoder.layers."]
+    assert sft.main(argv) == 2
+    assert "part_module_name=['decoder.layers.'] matches no nn.Linear" in capsys.readouterr().err
+
+
+def test_cli_forwards_to_sft(capsys):
+    assert cli.main(["sft", "--data_split", "1,2"]) == 2
+    assert "data_split '1,2'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_test_mode_end_to_end_under_60s(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "model"
+    cmd = [sys.executable, "-m", "sft_lessons.sft", "--test_mode", "--output_dir", str(out),
+           "--data_output_path", str(tmp_path / "data"), "--lora_dim", "4", "--only_optimize_lora",
+           "--gradient_accumulation_steps", "2", "--zero_stage", "1"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SFT_LESSONS_DEVICE": "cpu"}
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    seconds = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = usage.ru_utime + usage.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "held-out perplexity" in run.stdout and "saved a Hugging Face checkpoint" in run.stdout
+    assert cpu_seconds < 60, f"--test_mode used {cpu_seconds:.0f} CPU seconds"  # robust to a busy machine
+    overloaded = os.getloadavg()[0] > 2 * (os.cpu_count() or 1)  # shared CI runners: wall time means little
+    assert seconds < 60 or overloaded, f"--test_mode took {seconds:.0f} s of wall time"
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.vocab_size == 320 and not any("lora" in k for k in model.state_dict())
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+@pytest.mark.slow
+def test_zero_stages_agree_in_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFT_LESSONS_DEVICE", "cpu")
+    results = {}
+    for stage in (0, 3):
+        argv = ["--test_mode", "--zero_stage", str(stage), "--lora_dim", "4", "--only_optimize_lora",
+                "--lora_learning_rate", "1e-2", "--max_steps", "2", "--data_output_path", str(tmp_path / "data"),
+                "--output_dir", str(tmp_path / f"z{stage}")]  # fmt: skip
+        results[stage] = sft.train_sft(sft.parse_args(argv), log=lambda *a: None)
+    zero, three = results[0], results[3]
+    assert zero.trainable_params == three.trainable_params > 0
+    assert [h["loss"] for h in zero.history] == pytest.approx([h["loss"] for h in three.history], rel=1e-4)
+    assert zero.perplexity[-1][1] == pytest.approx(three.perplexity[-1][1], rel=1e-4)
+    assert zero.perplexity[-1][1] < zero.perplexity[0][1]  # it learnt something
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "z0" / "model.safetensors"), load_file(tmp_path / "z3" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+def test_length_grouped_batches():
+    lengths = [int(x) for x in torch.randint(10, 200, (101,), generator=torch.Generator().manual_seed(0))]
+    sampler = sft.LengthGroupedBatches(lengths, batch_size=4, seed=1)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(101)) and len(sampler) == 26
+    assert batches == list(sampler)  # deterministic within an epoch
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    shuffled = torch.randperm(101, generator=torch.Generator().manual_seed(1)).tolist()
+    random_padded = sum(4 * max(lengths[i] for i in shuffled[k : k + 4]) for k in range(0, 101, 4))
+    assert padded < 0.85 * random_padded  # far less padding than random batches
+    ranks = [list(sft.LengthGroupedBatches(lengths, 4, seed=1, rank=r, world=2)) for r in (0, 1)]
+    assert not {i for b in ranks[0] for i in b} & {i for b in ranks[1] for i in b}
