@@ -149,8 +149,8 @@ def training_curves(results: dict, out_dir=None, name: str = "full_vs_lora_curve
     return _save(fig, _out(name, out_dir))
 
 
-def adalora_ranks(table, budget, out_dir=None) -> Path:
-    """AdaLoRA's final rank per layer and module (heatmap) and its total-rank budget per step."""
+def adalora_ranks(table, history, out_dir=None) -> Path:
+    """AdaLoRA's final rank per layer and module (heatmap); scheduled budget and live singular values per step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,9 +166,11 @@ def adalora_ranks(table, budget, out_dir=None) -> Path:
         ax_map.text(j, i, str(int(value)), ha="center", va="center", color=color, fontsize=8)
     fig.colorbar(image, ax=ax_map, label="rank")
     ax_map.set_title("final rank per matrix")
-    steps, ranks = zip(*budget, strict=True)
-    ax_budget.plot(steps, ranks)
+    steps, budget, alive = zip(*history, strict=True)
+    ax_budget.plot(steps, budget, label="scheduled budget")
+    ax_budget.plot(steps, alive, lw=0.8, alpha=0.7, label="non-zero singular values")
     ax_budget.set(xlabel="optimizer step", ylabel="total rank (all matrices)", title="budget schedule")
+    ax_budget.legend(fontsize=8)
     ax_budget.grid(alpha=0.3)
     return _save(fig, _out("adalora_ranks.png", out_dir))
 

@@ -39,12 +39,14 @@ def adalora_callback(peft_model):
 
         def __init__(self, model):
             self.model = model
-            self.budget = []  # (global_step, total rank still unmasked) after each update
+            self.history = []  # (global_step, scheduled total rank, singular values not zero) per step
 
         def on_optimizer_step(self, args, state, control, **kwargs):
             # state.global_step is the index of the step being finished (it is incremented after zero_grad).
-            self.model.base_model.update_and_allocate(state.global_step)
-            self.budget.append((state.global_step, sum(rank_allocation(self.model).values())))
+            base = self.model.base_model
+            base.update_and_allocate(state.global_step)
+            budget, _ = base.rankallocator.budget_schedule(state.global_step)
+            self.history.append((state.global_step, budget, sum(rank_allocation(self.model).values())))
 
     return AdaLoraCallback(peft_model)
 
