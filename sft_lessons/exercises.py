@@ -298,7 +298,53 @@ def check_merge_lora(fn):
 
 
 # ---- chapter 04: LoRA variants ----
-# (chapter 04 exercises go here)
+_NF4_STUB = """
+def nf4_dequantize_answer(codes, absmax, levels, blocksize, shape):
+    \"\"\"(n_padded,) uint8 codes, (n_blocks,) absmax, (16,) levels -> float32 tensor of `shape`.\"\"\"
+    # TODO: look up each code in `levels`, scale each block of `blocksize` values by its absmax,
+    #       drop the zero padding at the end, reshape to `shape`
+    raise NotImplementedError
+"""
+
+
+@exercise("04.1", "implement NF4 dequantization", _NF4_STUB)
+def check_nf4_dequantize(fn):
+    """fn(codes, absmax, levels, blocksize, shape) must invert sft_lessons.quant.nf4_quantize."""
+    import torch
+
+    from .quant import nf4_dequantize, nf4_quantize
+
+    torch.manual_seed(0)
+    # whole blocks, a padded tail, tiny blocks
+    for shape, blocksize in [((4, 64), 64), ((5, 30), 64), ((7,), 4)]:
+        q = nf4_quantize(torch.randn(shape), blocksize=blocksize)
+        got = fn(q.codes, q.absmax, q.levels, blocksize, shape)
+        expect_close(f"shape {shape}, blocksize {blocksize}", got, nf4_dequantize(q), atol=1e-6)
+    return "correct: matches nf4_dequantize on whole, padded and tiny blocks"
+
+
+_LORA_COUNT_STUB = """
+def lora_trainable_params(model, target_modules, r):
+    \"\"\"LoRA parameters peft would add for nn.Linear modules whose name ends with one of target_modules.\"\"\"
+    # TODO: for every torch.nn.Linear whose name ends with a target, add r * (in_features + out_features)
+    raise NotImplementedError
+"""
+
+
+@exercise("04.2", "count LoRA parameters by hand", _LORA_COUNT_STUB)
+def check_lora_trainable_params(fn):
+    """fn(model, target_modules, r) must equal peft's trainable count on a tiny Llama."""
+    from peft import LoraConfig, get_peft_model
+
+    from .models import tiny_causal_lm
+
+    cases = [(["q_proj", "v_proj"], 4), (["gate_proj", "up_proj", "down_proj"], 8), (["k_proj"], 2)]
+    for targets, r in cases:
+        got = fn(tiny_causal_lm("llama"), targets, r)
+        peft_model = get_peft_model(tiny_causal_lm("llama"), LoraConfig(r=r, target_modules=targets))
+        expected = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+        expect_equal(f"targets {targets}, r={r}", got, expected)
+    return "correct: equals peft's count for three target sets"
 
 
 # ---- chapter 05: context extension ----

@@ -271,7 +271,100 @@ def singular_value_plot(spectra: dict, r: int = 8):
 
 
 # ---- chapter 04: LoRA variants ----
-# (chapter 04 figures go here)
+def lora_variants_map(out_dir=None) -> Path:
+    """What chapter 4 builds: full fine-tuning, LoRA, AdaLoRA and QLoRA side by side -> images/lora_variants.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11.5, 3.6))
+    ax.set_xlim(0, 11.5)
+    ax.set_ylim(0, 3.6)
+    ax.axis("off")
+    panels = [
+        ("Full fine-tuning", "W (fp32)\ntrainable", "grads + Adam states\nfor every weight", "#f4cccc"),
+        ("LoRA", "W0 frozen\n+ (alpha/r) B A", "grads + Adam states\nonly for A, B", "#d9ead3"),
+        ("AdaLoRA", "W0 frozen\n+ P diag(lambda) Q", "prune small singular\nvalues: budget moves", "#cfe2f3"),
+        ("QLoRA", "W0 in NF4 (4-bit)\n+ 16-bit B A", "dequantize on the fly;\nbackprop into A, B", "#fff2cc"),
+    ]
+    for i, (title, top, bottom, color) in enumerate(panels):
+        x = 0.15 + i * 2.85
+        ax.text(x + 1.3, 3.35, title, ha="center", fontsize=11, weight="bold")
+        _box(ax, x, 1.85, 2.6, 1.1, top, color)
+        _box(ax, x, 0.35, 2.6, 1.1, bottom, "#eeeeee")
+        _arrow(ax, x + 1.3, 1.85, x + 1.3, 1.45)
+    return _save(fig, _out("lora_variants.png", out_dir))
+
+
+def training_curves(results: dict, out_dir=None, name: str = "full_vs_lora_curves.png") -> Path:
+    """Training loss per logged step and eval accuracy per epoch, one line per run -> images/<name>."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for label, res in results.items():
+        steps, losses = zip(*res["train_loss"], strict=True)
+        ax_loss.plot(steps, losses, marker=".", label=label)
+        epochs = range(1, len(res["eval_accuracy"]) + 1)
+        ax_acc.plot(epochs, res["eval_accuracy"], marker="o", label=label)
+    ax_loss.set(xlabel="optimizer step", ylabel="training loss", title="training loss (logged every 5 steps)")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="eval accuracy (200 test reviews)")
+    ax_acc.set_xticks(list(range(1, max(len(r["eval_accuracy"]) for r in results.values()) + 1)))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, _out(name, out_dir))
+
+
+def adalora_ranks(table, history, out_dir=None) -> Path:
+    """AdaLoRA's final rank per layer and module (heatmap); scheduled budget and live singular values per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (ax_map, ax_budget) = plt.subplots(1, 2, figsize=(10.5, 3.4), gridspec_kw={"width_ratios": [1.3, 1]})
+    image = ax_map.imshow(table.values, cmap="viridis", aspect="auto", vmin=0)
+    ax_map.set_xticks(range(table.shape[1]), table.columns, rotation=30, fontsize=8)
+    ax_map.set_yticks(range(table.shape[0]), [f"layer {i}" for i in table.index], fontsize=8)
+    for (i, j), value in np.ndenumerate(table.values):
+        color = "w" if value < table.values.max() / 2 else "k"
+        ax_map.text(j, i, str(int(value)), ha="center", va="center", color=color, fontsize=8)
+    fig.colorbar(image, ax=ax_map, label="rank")
+    ax_map.set_title("final rank per matrix")
+    steps, budget, alive = zip(*history, strict=True)
+    ax_budget.plot(steps, budget, label="scheduled budget")
+    ax_budget.plot(steps, alive, lw=0.8, alpha=0.7, label="non-zero singular values")
+    ax_budget.set(xlabel="optimizer step", ylabel="total rank (all matrices)", title="budget schedule")
+    ax_budget.legend(fontsize=8)
+    ax_budget.grid(alpha=0.3)
+    return _save(fig, _out("adalora_ranks.png", out_dir))
+
+
+def memory_breakdown(rows: dict, out_dir=None, name: str = "memory_65b.png", unit: float = 1e9) -> Path:
+    """Stacked bars of an estimate_training_memory breakdown per setting (values in `unit`, GB by default)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = ["weights", "quant_constants", "gradients", "optimizer_states", "master_weights", "activations"]
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    bottom = [0.0] * len(rows)
+    for part in parts:
+        values = [row.get(part, 0) / unit for row in rows.values()]
+        if any(values):
+            ax.barh(list(rows), values, left=bottom, label=part.replace("_", " "))
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_xlabel("GB" if unit == 1e9 else f"x {unit:g} bytes")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, _out(name, out_dir))
 
 
 # ---- chapter 05: context extension ----

@@ -62,7 +62,25 @@ def merge_lora(weight, lora_A, lora_B, scaling):
 
 
 # ---- chapter 04: LoRA variants ----
-# (chapter 04 solutions go here)
+def nf4_dequantize_answer(codes, absmax, levels, blocksize, shape):
+    """(n_padded,) uint8 codes, (n_blocks,) absmax, (16,) levels -> float32 tensor of `shape`."""
+    values = levels[codes.long()].view(-1, blocksize)  # (n_blocks, blocksize) in [-1, 1]
+    flat = (values * absmax.unsqueeze(1)).reshape(-1)
+    n = 1
+    for size in shape:
+        n *= size
+    return flat[:n].reshape(shape)
+
+
+def lora_trainable_params(model, target_modules, r):
+    """LoRA parameters peft would add for nn.Linear modules whose name ends with one of target_modules."""
+    import torch
+
+    return sum(
+        r * (module.in_features + module.out_features)  # A is r x in, B is out x r
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in target_modules
+    )
 
 
 # ---- chapter 05: context extension ----

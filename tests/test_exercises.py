@@ -29,3 +29,17 @@ def test_every_registered_exercise_has_a_stub_and_a_solution():
 
     for ex in exercises.EXERCISES.values():
         assert "TODO" in ex.stub, ex.key
+
+
+CHAPTER_04 = [("04.1", "nf4_dequantize_answer"), ("04.2", "lora_trainable_params")]
+
+
+@pytest.mark.parametrize("key, answer", CHAPTER_04)
+def test_chapter_04_solutions_pass_and_stubs_fail(key, answer):
+    import sft_lessons.solutions as solutions
+
+    assert exercises.check(key, getattr(solutions, answer)).startswith("correct")
+    namespace = {}
+    exec(exercises.EXERCISES[key].stub, namespace)
+    with pytest.raises(NotImplementedError):
+        exercises.check(key, namespace[answer])
