@@ -263,11 +263,13 @@ def bench_icl(base, tok, device, quick: bool) -> dict:
     return compare_prefix_cache(base, tok, k=8, n_queries=8 if quick else 32, device=device)
 
 
-def bench_sft_data(tok, quick: bool) -> dict:
+def bench_sft_data(cfg: BenchConfig, base, tok) -> dict:
     """SFT batches padded to max_seq_len (DeepSpeed-Chat) against dynamic padding: padding fraction and tokens/s."""
     from .dschat import compare_padding
 
-    return compare_padding(tok, max_seq_len=128 if quick else 256, quick=quick)
+    # the tiny tokenizer is nearly byte-level: 384 (chapter 7's --test_mode) keeps most records, as 256 does SmolLM2's
+    max_seq_len = 384 if cfg.quick else 256
+    return compare_padding(tok, max_seq_len, quick=cfg.quick, model=base, batch_size=cfg.batch_size)
 
 
 def bench_load(quick: bool) -> dict:
@@ -344,7 +346,7 @@ def run_bench(cfg: BenchConfig, device=None) -> dict:
         "gemm": lambda: bench_gemm(device, cfg.quick),
         "inference": lambda: bench_inference(cfg, base, tok, device),
         "icl": lambda: bench_icl(base, tok, device, cfg.quick),
-        "sft_data": lambda: bench_sft_data(tok, cfg.quick),
+        "sft_data": lambda: bench_sft_data(cfg, base, tok),
         "load": lambda: bench_load(cfg.quick),
     }
     for name in cfg.sections:

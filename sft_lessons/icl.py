@@ -130,3 +130,78 @@ def icl_accuracy(
     predictions = log_probs.argmax(-1)
     acc = accuracy(predictions, [label for _, label in pairs])
     return ICLResult(acc, predictions, log_probs, time.perf_counter() - start)
+
+
+def compare_prefix_cache(
+    model,
+    tokenizer,
+    k: int = 8,
+    n_queries: int = 32,
+    device=None,
+    seed: int = 0,
+    repeats: int = 3,
+    batch_size: int = 16,
+) -> dict:
+    """Naive k-shot path against the prefix-KV-cache path on the bundled reviews: median seconds, same predictions.
+
+    Demonstrations: `sample_demos(train, k, seed)`; queries: the first `n_queries` test reviews; the chapter's
+    template and verbalizer. One warm-up of each path on a few queries, then `repeats` interleaved timed runs.
+    """
+    import statistics
+
+    import torch
+
+    from .data import load_reviews
+    from .prompting import TEMPLATES, VERBALIZERS
+
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats}; valid: >= 1")
+    reviews = load_reviews()
+    if not 1 <= n_queries <= len(reviews["test"]):
+        raise ValueError(f"n_queries={n_queries}; valid: 1..{len(reviews['test'])}")
+    if k < 1:
+        raise ValueError(f"k={k}; valid: >= 1 (k=0 has no prefix to cache)")
+    template, verbalizer = TEMPLATES["review-sentiment"], VERBALIZERS["negative/positive"]
+    demos = sample_demos(reviews["train"], k, seed)
+    queries = as_pairs(reviews["test"])[:n_queries]
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if next(model.parameters()).device != device:
+        raise ValueError(f"the model is on {next(model.parameters()).device}, not on device={device}")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def run(use_cache, subset=queries):
+        sync()
+        start = time.perf_counter()
+        r = icl_accuracy(
+            model, tokenizer, demos, subset, template, verbalizer, use_cache=use_cache, batch_size=batch_size
+        )
+        sync()
+        return time.perf_counter() - start, r.predictions
+
+    was_training = model.training
+    model.eval()
+    try:
+        for use_cache in (False, True):  # warm-up on a few queries: allocations, kernel choice
+            run(use_cache, queries[:2])
+        times, predictions = {False: [], True: []}, {False: [], True: []}
+        for _ in range(repeats):  # interleaved, so drifting machine load hits both paths alike
+            for use_cache in (False, True):
+                seconds, pred = run(use_cache)
+                times[use_cache].append(seconds)
+                predictions[use_cache].append(pred)
+    finally:
+        model.train(was_training)
+    reference = predictions[False][0]
+    equal = all(torch.equal(reference, p) for p in predictions[False] + predictions[True])
+    if not equal:
+        raise AssertionError("the prefix-cache path predicted differently from the naive path")
+    naive, cached = statistics.median(times[False]), statistics.median(times[True])
+    return {
+        "k": k,
+        "n_queries": n_queries,
+        "naive_s": naive,
+        "cached_s": cached,
+        "speedup": naive / cached,
+        "predictions_equal": equal,
+        "prefix_tokens": len(encode(tokenizer, demo_prefix(demos, template, verbalizer))),
+    }

@@ -17,6 +17,7 @@ from .dschat import END_OF_CONVERSATION_TOKEN, parse_data_split
 
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 DTYPES = ("fp32", "bf16", "fp16")
+PADDINGS = ("longest", "max_length")
 TEST_MODE = dict(max_seq_len=384, per_device_train_batch_size=4, per_device_eval_batch_size=8, max_steps=3)
 
 
@@ -72,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (-1: all epochs)")
     a("--print_loss", action="store_true", help="print the loss of every optimizer step")
     a(
+        "--padding",
+        default="longest",
+        choices=PADDINGS,
+        help="longest (default): cut each batch to its longest row, the same masked loss with less compute; "
+        "max_length: DeepSpeed-Chat's every row padded to --max_seq_len (see `sft-lessons bench`)",
+    )
+    a(
         "--group_by_length",
         action="store_true",
         help="batch records of similar length: less padding to compute",
@@ -99,6 +107,8 @@ def validate_args(args) -> argparse.Namespace:
         raise ValueError(f"--max_seq_len must be >= 8, got {args.max_seq_len}")
     if args.num_warmup_steps < 0:
         raise ValueError(f"--num_warmup_steps must be >= 0, got {args.num_warmup_steps}")
+    if args.padding not in PADDINGS:
+        raise ValueError(f"--padding {args.padding!r}; valid: {', '.join(PADDINGS)}")
     return args
 
 
@@ -210,7 +220,7 @@ class SFTResult:
     perplexity: list = field(default_factory=list)  # (epoch, held-out perplexity), epoch 0 = before training
     train_seconds: float = 0.0
     real_tokens: int = 0  # non-padding tokens processed in training
-    padded_tokens: int = 0  # tokens the model actually ran on (after trimming each batch)
+    padded_tokens: int = 0  # tokens the model actually ran on (after trimming each batch, unless max_length)
     num_train: int = 0
     num_eval: int = 0
     trainable_params: int = 0
@@ -334,7 +344,9 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
         engine.train()
         start = time.perf_counter()
         for batch in loader:
-            batch = {k: v.to(device) for k, v in trim_padding(batch).items()}
+            if args.padding == "longest":  # max_length keeps DeepSpeed-Chat's padding columns: same loss
+                batch = trim_padding(batch)
+            batch = {k: v.to(device) for k, v in batch.items()}
             loss = engine(**batch, use_cache=False).loss
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()

@@ -122,3 +122,20 @@ def test_chapter_figure_renders(tmp_path):
     from sft_lessons.figures import icl_prefix_cache
 
     assert icl_prefix_cache(out_dir=tmp_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_prefix_cache_on_tiny_model(tok):
+    import json
+    import math
+
+    from sft_lessons.icl import compare_prefix_cache
+
+    model = tiny_causal_lm("llama").train()
+    r = compare_prefix_cache(model, tok, k=4, n_queries=4, repeats=1)
+    assert model.training  # the caller's mode is restored
+    assert r["predictions_equal"] is True and r["k"] == 4 and r["n_queries"] == 4
+    assert math.isfinite(r["speedup"]) and r["speedup"] > 0 and r["naive_s"] > 0 and r["cached_s"] > 0
+    assert r["prefix_tokens"] > 0
+    json.dumps(r)  # JSON-ready
+    with pytest.raises(ValueError, match="n_queries=0"):
+        compare_prefix_cache(model, tok, n_queries=0)

@@ -37,6 +37,19 @@ def test_argparse_choices(capsys):
     assert "invalid choice: 4" in capsys.readouterr().err
 
 
+def test_padding_argument(capsys):
+    assert sft.parse_args([]).padding == "longest"  # dynamic padding: the same masked loss, less compute
+    assert sft.parse_args(["--padding", "max_length"]).padding == "max_length"
+    assert sft.parse_args(["--test_mode", "--padding", "max_length"]).padding == "max_length"
+    with pytest.raises(SystemExit):
+        sft.parse_args(["--padding", "right"])
+    assert "invalid choice: 'right'" in capsys.readouterr().err
+    args = sft.parse_args([])
+    args.padding = "dynamic"
+    with pytest.raises(ValueError, match="--padding 'dynamic'; valid: longest, max_length"):
+        sft.validate_args(args)
+
+
 def test_seed_argument_names():
     names = {a.dest for a in sft.build_parser()._actions}
     step1 = {"data_path", "data_split", "data_output_path", "max_seq_len", "model_name_or_path", "lora_dim",
@@ -128,6 +141,21 @@ def test_zero_stages_agree_in_process(tmp_path, monkeypatch):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_max_length_padding_keeps_every_column(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFT_LESSONS_DEVICE", "cpu")
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.setenv(key, "")  # init_distributed sets them in-process; restore them afterwards, so that
+        monkeypatch.delenv(key)  # a later subprocess does not inherit a port that this process holds
+    argv = ["--test_mode", "--padding", "max_length", "--data_output_path", str(tmp_path)]
+    result = sft.train_sft(sft.parse_args(argv), log=lambda *a: None)
+    args, steps = result.args, len(result.history)  # one micro-batch per step
+    assert steps == args.max_steps and args.gradient_accumulation_steps == 1
+    # every batch keeps all max_seq_len columns: never trimmed
+    assert result.padded_tokens == steps * args.per_device_train_batch_size * args.max_seq_len
+    assert 0 < result.real_tokens < result.padded_tokens
 
 
 def test_length_grouped_batches():
