@@ -22,7 +22,8 @@ TEST_MODE = dict(max_seq_len=384, per_device_train_batch_size=4, per_device_eval
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """DeepSpeed-Chat step 1's arguments (same names and meanings), plus --test_mode, --max_steps, --lora_scaling."""
+    """DeepSpeed-Chat step 1's arguments (same names and meanings), plus --test_mode, --max_steps, --lora_scaling,
+    --padding and --group_by_length."""
     p = argparse.ArgumentParser(prog="sft-lessons sft", description=__doc__.splitlines()[0])
     a = p.add_argument
     a(
