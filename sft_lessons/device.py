@@ -55,6 +55,9 @@ def quiet() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()  # transformers 5 loads weights behind a huggingface_hub progress bar
     for name in ("DeepSpeed", "deepspeed", "torch.distributed", "accelerate", "bitsandbytes", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
