@@ -145,10 +145,7 @@ def test_zero_stages_agree_in_process(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_max_length_padding_keeps_every_column(tmp_path, monkeypatch):
-    monkeypatch.setenv("SFT_LESSONS_DEVICE", "cpu")
-    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.setenv(key, "")  # init_distributed sets them in-process; restore them afterwards, so that
-        monkeypatch.delenv(key)  # a later subprocess does not inherit a port that this process holds
+    monkeypatch.setenv("SFT_LESSONS_DEVICE", "cpu")  # conftest restores the launcher variables afterwards
     argv = ["--test_mode", "--padding", "max_length", "--data_output_path", str(tmp_path)]
     result = sft.train_sft(sft.parse_args(argv), log=lambda *a: None)
     args, steps = result.args, len(result.history)  # one micro-batch per step
