@@ -69,6 +69,16 @@ def quiet() -> None:
         pass
 
 
+def progress(iterable, desc: str | None = None, total: int | None = None, disable: bool = False):
+    """A plain-text tqdm bar on stderr for long loops (dropped from committed outputs); SFT_LESSONS_PROGRESS=0 hides it."""
+    import sys
+
+    from tqdm.std import tqdm  # not tqdm.auto: widget bars would leave text behind in saved notebooks
+
+    off = disable or os.environ.get("SFT_LESSONS_PROGRESS", "1") == "0"
+    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, mininterval=1.0, disable=off)
+
+
 def setup_notebook(seed: int = 0):
     """Quiet logs, fixed seeds; returns the device the lesson will use."""
     quiet()

@@ -209,7 +209,9 @@ def train(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
     )
     history = {"loss": [], "eval": []}
-    for step in range(steps + 1):
+    from .device import progress
+
+    for step in progress(range(steps + 1), "train"):
         if eval_every and (step % eval_every == 0 or step == steps):
             history["eval"].append((step, evaluate(model, task, seq_len)))
         if step == steps:

@@ -289,7 +289,9 @@ def full_finetune_delta(
     losses, was_training = [], model.training
     model.train()
     try:
-        for step in range(steps):
+        from .device import progress
+
+        for step in progress(range(steps), "train"):
             loss = model(**batches[step % len(batches)]).loss
             loss.backward()
             optimizer.step()

@@ -419,7 +419,9 @@ def train_soft_prompt(
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     peft_model.train()
     losses = []
-    for _ in range(steps):
+    from .device import progress
+
+    for _ in progress(range(steps), "soft prompt"):
         idx = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
         seqs, targets = [], []
         for i in idx:

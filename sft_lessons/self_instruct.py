@@ -296,7 +296,9 @@ def run_self_instruct(model, tokenizer, seeds: list[dict], config: SelfInstructC
         )
     result.clf_threshold = threshold
     demo_tasks = instance_demos(seeds)
-    for rnd in range(cfg.rounds):
+    from .device import progress
+
+    for rnd in progress(range(cfg.rounds), "self-instruct rounds"):
         machine = [t["instruction"] for t in result.tasks]
         prompts = []
         for _ in range(cfg.prompts_per_round):  # step 1: 6 seed + 2 machine tasks in context

@@ -263,7 +263,7 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
     from torch.utils.data.distributed import DistributedSampler
     from transformers import default_data_collator, get_scheduler
 
-    from .device import get_device, set_seed, tell_deepspeed
+    from .device import get_device, progress, set_seed, tell_deepspeed
     from .dschat import create_prompt_dataset, end_of_conversation_ids, save_hf_format
     from .lora import (
         convert_linear_layer_to_lora,
@@ -344,7 +344,7 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
             sampler.set_epoch(epoch)
         engine.train()
         start = time.perf_counter()
-        for batch in loader:
+        for batch in progress(loader, f"epoch {epoch}", disable=not rank0):
             if args.padding == "longest":  # max_length keeps DeepSpeed-Chat's padding columns: same loss
                 batch = trim_padding(batch)
             batch = {k: v.to(device) for k, v in batch.items()}

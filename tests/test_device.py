@@ -36,3 +36,12 @@ def test_describe_environment_prints_versions(capsys):
     ):
         assert key in report
     assert "transformers" in capsys.readouterr().out
+
+
+def test_progress_yields_everything_and_can_be_hidden(monkeypatch, capsys):
+    from sft_lessons.device import progress
+
+    assert list(progress(range(5), "x")) == list(range(5))
+    monkeypatch.setenv("SFT_LESSONS_PROGRESS", "0")
+    assert list(progress(range(3), "hidden")) == [0, 1, 2]
+    assert "hidden" not in capsys.readouterr().err
