@@ -182,7 +182,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
@@ -190,7 +190,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        if bars:  # restore, never force on: setup_notebook() may have turned the bars off for good
+            hf_logging.enable_progress_bar()
     # The weights are now plain fp32 tensors: drop the GGUF "quantization" so the save is a normal checkpoint.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

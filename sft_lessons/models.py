@@ -44,14 +44,15 @@ def _quiet_from_pretrained(cls, path, **kwargs):
     """from_pretrained without the progress bar and the 'newly initialized weights' chatter."""
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         return cls.from_pretrained(path, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        if bars:  # restore, never force on: setup_notebook() may have turned the bars off for good
+            hf_logging.enable_progress_bar()
 
 
 def load_causal_lm(name: str = "smollm2-135m-instruct", device=None, dtype=None):
