@@ -386,20 +386,17 @@ def markdown_table(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> Path:
     """Bar chart of the ratios -> path (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: callable from a notebook without switching its backend
 
     names, values = zip(*result["ratios"].items(), strict=True) if result["ratios"] else ((), ())
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1))
+    fig = Figure(figsize=(7, 0.45 * len(names) + 1))
+    ax = fig.subplots()
     ax.barh(names, values, color="#4a86c5")
     ax.axvline(1.0, color="#444", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_xlabel("ratio (log scale; 1 = parity)")
     ax.set_title(f"sft-lessons bench on {result['device']} ({result['model']})")
     fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 

@@ -11,11 +11,20 @@ def _out(name: str, out_dir=None) -> Path:
     return Path(out_dir or images_dir()) / name
 
 
+def _figure(*args, figsize, **kwargs):
+    """(fig, axes) without pyplot: no backend switch, so a notebook's inline plots keep working."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+
 def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    import matplotlib.pyplot as plt
+    if getattr(fig.canvas, "manager", None) is not None:  # a pyplot figure: release it
+        import matplotlib.pyplot as plt
 
-    plt.close(fig)
+        plt.close(fig)
     return path
 
 
@@ -48,12 +57,7 @@ COURSE = [
 
 def course_map(out_dir=None) -> Path:
     """The chapter map: three tracks (prompting, parameter-efficient tuning, data + SFT) -> images/course_map.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11.5, 4.2))
+    fig, ax = _figure(figsize=(11.5, 4.2))
     ax.set_xlim(0, 11.5)
     ax.set_ylim(0, 4.2)
     ax.axis("off")
@@ -181,13 +185,10 @@ def icl_prefix_cache(out_dir=None) -> Path:
 # ---- chapter 03: LoRA math ----
 def lora_structure(out_dir=None) -> Path:
     """The LoRA layer: frozen W0 beside the trainable A (r x k) -> B (d x r) path -> images/lora_structure.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.patches
     from matplotlib.patches import Polygon
 
-    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    fig, ax = _figure(figsize=(7.2, 4.6))
     ax.set_xlim(0, 7.2)
     ax.set_ylim(0, 4.6)
     ax.axis("off")
@@ -224,7 +225,7 @@ def lora_structure(out_dir=None) -> Path:
         ha="center",
         fontsize=10,
     )
-    ax.add_patch(plt.Circle((3.6, 3.75), 0.2, fc="white", ec="#333333"))
+    ax.add_patch(matplotlib.patches.Circle((3.6, 3.75), 0.2, fc="white", ec="#333333"))
     ax.text(3.6, 3.75, "+", ha="center", va="center", fontsize=12)
     for x0, y0, x1, y1 in [(3.6, 0.45, 1.7, 1.55), (3.6, 0.45, 5.2, 1.2), (5.2, 2.0, 5.2, 2.4),
                            (1.7, 2.85, 3.42, 3.7), (5.2, 3.2, 3.78, 3.7), (3.6, 3.95, 3.6, 4.2)]:  # fmt: skip
@@ -273,12 +274,7 @@ def singular_value_plot(spectra: dict, r: int = 8):
 # ---- chapter 04: LoRA variants ----
 def lora_variants_map(out_dir=None) -> Path:
     """What chapter 4 builds: full fine-tuning, LoRA, AdaLoRA and QLoRA side by side -> images/lora_variants.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11.5, 3.6))
+    fig, ax = _figure(figsize=(11.5, 3.6))
     ax.set_xlim(0, 11.5)
     ax.set_ylim(0, 3.6)
     ax.axis("off")
@@ -299,12 +295,7 @@ def lora_variants_map(out_dir=None) -> Path:
 
 def training_curves(results: dict, out_dir=None, name: str = "full_vs_lora_curves.png") -> Path:
     """Training loss per logged step and eval accuracy per epoch, one line per run -> images/<name>."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, (ax_loss, ax_acc) = _figure(1, 2, figsize=(10, 3.4))
     for label, res in results.items():
         steps, losses = zip(*res["train_loss"], strict=True)
         ax_loss.plot(steps, losses, marker=".", label=label)
@@ -321,13 +312,9 @@ def training_curves(results: dict, out_dir=None, name: str = "full_vs_lora_curve
 
 def adalora_ranks(table, history, out_dir=None) -> Path:
     """AdaLoRA's final rank per layer and module (heatmap); scheduled budget and live singular values per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, (ax_map, ax_budget) = plt.subplots(1, 2, figsize=(10.5, 3.4), gridspec_kw={"width_ratios": [1.3, 1]})
+    fig, (ax_map, ax_budget) = _figure(1, 2, figsize=(10.5, 3.4), gridspec_kw={"width_ratios": [1.3, 1]})
     image = ax_map.imshow(table.values, cmap="viridis", aspect="auto", vmin=0)
     ax_map.set_xticks(range(table.shape[1]), table.columns, rotation=30, fontsize=8)
     ax_map.set_yticks(range(table.shape[0]), [f"layer {i}" for i in table.index], fontsize=8)
@@ -347,13 +334,8 @@ def adalora_ranks(table, history, out_dir=None) -> Path:
 
 def memory_breakdown(rows: dict, out_dir=None, name: str = "memory_65b.png", unit: float = 1e9) -> Path:
     """Stacked bars of an estimate_training_memory breakdown per setting (values in `unit`, GB by default)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     parts = ["weights", "quant_constants", "gradients", "optimizer_states", "master_weights", "activations"]
-    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    fig, ax = _figure(figsize=(7.5, 3.4))
     bottom = [0.0] * len(rows)
     for part in parts:
         values = [row.get(part, 0) / unit for row in rows.values()]
@@ -370,14 +352,9 @@ def memory_breakdown(rows: dict, out_dir=None, name: str = "memory_65b.png", uni
 # ---- chapter 05: context extension ----
 def rope_wavelengths(out_dir=None) -> Path:
     """Wavelength of every RoPE pair for head_dim 64 at theta 1e4 and 1e5 (SmolLM2) -> images/ch05_rope_wavelengths.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .rope import rope_frequencies, wavelengths
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    fig, ax = _figure(figsize=(6.4, 3.4))
     for theta, style in ((10_000.0, "--"), (100_000.0, "-")):
         lam = wavelengths(rope_frequencies(64, theta))
         ax.plot(range(len(lam)), lam, style, marker=".", label=f"theta = {theta:,.0f}")
@@ -393,15 +370,11 @@ def rope_wavelengths(out_dir=None) -> Path:
 
 def interpolation_vs_extrapolation(out_dir=None, train_len: int = 64, factor: float = 4.0) -> Path:
     """Angles a slow pair reaches (unit circle) and per-pair frequency ratios of PI / NTK / YaRN -> images/."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     from .rope import ntk_theta, rope_frequencies, yarn_frequencies
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.5, 4.2))
+    fig, (ax1, ax2) = _figure(1, 2, figsize=(10.5, 4.2))
     omega = 2 * np.pi / (5 * train_len)  # a slow pair: 0.2 turns within the training window
     pos = np.arange(0, int(factor * train_len))
     ax1.plot(np.cos(np.linspace(0, 2 * np.pi, 200)), np.sin(np.linspace(0, 2 * np.pi, 200)), color="#dddddd")
@@ -505,12 +478,7 @@ def plot_finetune_curves(curves, title="fine-tuning at 256 tokens"):
 
 def self_instruct_pipeline(out_dir=None) -> Path:
     """Self-Instruct's four steps as a loop around the task pool -> images/self_instruct_pipeline.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11, 3.6))
+    fig, ax = _figure(figsize=(11, 3.6))
     ax.set_xlim(0, 11)
     ax.set_ylim(0, 3.6)
     ax.axis("off")
@@ -545,13 +513,8 @@ def self_instruct_pipeline(out_dir=None) -> Path:
 
 def curation_funnel(funnel: list[tuple[str, int]], out_dir=None) -> Path:
     """Records left after each curation stage, as horizontal bars -> images/curation_funnel.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names, counts = zip(*funnel, strict=True)
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = _figure(figsize=(7, 3.4))
     bars = ax.barh(range(len(counts)), counts, color="#6fa8dc")
     ax.set_yticks(range(len(names)), [f"after {n}" if i else n for i, n in enumerate(names)])
     ax.invert_yaxis()
@@ -565,15 +528,10 @@ def curation_funnel(funnel: list[tuple[str, int]], out_dir=None) -> Path:
 
 def dataset_catalogue(rows: list[dict], out_dir=None) -> Path:
     """Open instruction datasets: size (log scale) by year, coloured by construction method -> images/."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     colors = {"human": "#38761d", "model": "#cc0000", "template": "#1155cc", "mixed": "#b45f06"}
     plotted = [r for r in rows if isinstance(r["size"], (int, float)) and r["size"] > 0]  # NaN > 0 is False
     plotted.sort(key=lambda r: (r["year"], r["size"]))
-    fig, ax = plt.subplots(figsize=(10, 4.8))
+    fig, ax = _figure(figsize=(10, 4.8))
     for x, r in enumerate(plotted):  # one slot per dataset, grouped by year
         ax.scatter(x, r["size"], color=colors[r["method"]], s=45, zorder=3)
         ax.annotate(
@@ -612,12 +570,7 @@ SFT_STEPS = [
 
 def sft_pipeline(out_dir=None) -> Path:
     """Chapter 7's pipeline, data file to reloadable checkpoint -> images/sft_pipeline.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(12, 2.0))
+    fig, ax = _figure(figsize=(12, 2.0))
     ax.set_xlim(0, 12)
     ax.set_ylim(0, 2.0)
     ax.axis("off")
@@ -633,14 +586,11 @@ def sft_pipeline(out_dir=None) -> Path:
 
 def sft_label_mask(tokens: list[str], labels: list[int], attention_mask: list[int], out_dir=None) -> Path:
     """One record's tokens coloured by role: prompt (-100), answer (learnt), padding (-100) -> images/."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.patches
 
     per_row = 16
     rows = (len(tokens) + per_row - 1) // per_row
-    fig, ax = plt.subplots(figsize=(12, 0.42 * rows + 0.6))
+    fig, ax = _figure(figsize=(12, 0.42 * rows + 0.6))
     ax.set_xlim(0, per_row)
     ax.set_ylim(rows, -0.8)
     ax.axis("off")
@@ -648,9 +598,9 @@ def sft_label_mask(tokens: list[str], labels: list[int], attention_mask: list[in
     for i, (tok, lab, att) in enumerate(zip(tokens, labels, attention_mask, strict=True)):
         kind = "padding" if not att else "prompt" if lab == -100 else "target"
         r, c = divmod(i, per_row)
-        ax.add_patch(plt.Rectangle((c + 0.03, r + 0.05), 0.94, 0.9, fc=colors[kind], ec="#999999", lw=0.5))
+        ax.add_patch(matplotlib.patches.Rectangle((c + 0.03, r + 0.05), 0.94, 0.9, fc=colors[kind], ec="#999999", lw=0.5))
         ax.text(c + 0.5, r + 0.5, tok.replace("\n", "\\n")[:9], ha="center", va="center", fontsize=7)
-    handles = [plt.Rectangle((0, 0), 1, 1, fc=colors[k], ec="#999999") for k in colors]
+    handles = [matplotlib.patches.Rectangle((0, 0), 1, 1, fc=colors[k], ec="#999999") for k in colors]
     labels_txt = ["prompt: label -100", "answer + end marker: learnt", "padding: label -100"]
     ax.legend(
         handles, labels_txt, loc="upper left", bbox_to_anchor=(0, 1.0), ncol=3, fontsize=8, frameon=False
@@ -660,12 +610,7 @@ def sft_label_mask(tokens: list[str], labels: list[int], attention_mask: list[in
 
 def sft_loss_curve(history: list[dict], perplexity: list, out_dir=None) -> Path:
     """Training loss per optimizer step and held-out perplexity per epoch -> images/sft_loss_curve.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, (ax1, ax2) = _figure(1, 2, figsize=(9, 3.2))
     ax1.plot([h["step"] for h in history], [h["loss"] for h in history], marker=".")
     ax1.set(xlabel="optimizer step", ylabel="training loss (answer tokens)", title="SFT loss")
     ax1.grid(alpha=0.3)
