@@ -95,10 +95,7 @@ def course_map(out_dir=None) -> Path:
 # ---- chapter 01: prompt learning ----
 def prompt_learning_stages(out_dir=None) -> Path:
     """The three stages of prompting on one review -> images/prompt_learning_stages.png."""
-    from matplotlib.figure import Figure  # no pyplot: the notebook's inline backend stays in place
-
-    fig = Figure(figsize=(11.5, 3.6))
-    ax = fig.subplots()
+    fig, ax = _figure(figsize=(11.5, 3.6))
     ax.set_xlim(0, 11.5)
     ax.set_ylim(0, 3.6)
     ax.axis("off")
@@ -140,10 +137,7 @@ def prompt_learning_stages(out_dir=None) -> Path:
 # ---- chapter 02: in-context learning ----
 def icl_prefix_cache(out_dir=None) -> Path:
     """A k-shot prompt (demonstrations + query) and the reuse of the demonstrations' KV cache -> images/icl_prefix_cache.png."""
-    from matplotlib.figure import Figure  # no pyplot: the notebook's inline backend stays in place
-
-    fig = Figure(figsize=(11.5, 4.0))
-    ax = fig.subplots()
+    fig, ax = _figure(figsize=(11.5, 4.0))
     ax.set_xlim(0, 11.5)
     ax.set_ylim(0, 4.0)
     ax.axis("off")
