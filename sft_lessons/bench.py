@@ -265,7 +265,7 @@ def bench_icl(base, tok, device, quick: bool) -> dict:
 
 def bench_sft_data(cfg: BenchConfig, base, tok) -> dict:
     """SFT batches padded to max_seq_len (DeepSpeed-Chat) against dynamic padding: padding fraction and tokens/s."""
-    from .dschat import compare_padding
+    from .padding import compare_padding
 
     # the tiny tokenizer is nearly byte-level: 384 (chapter 7's --test_mode) keeps most records, as 256 does SmolLM2's
     max_seq_len = 384 if cfg.quick else 256

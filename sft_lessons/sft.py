@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from .dschat import END_OF_CONVERSATION_TOKEN, parse_data_split
+from .padding import LengthGroupedBatches, trim_padding
 
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -176,40 +177,6 @@ def optimizer_groups(model, weight_decay: float, lora_lr: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-class LengthGroupedBatches:
-    """Batches of similar-length records: a seeded shuffle, sorted by length within windows of 16 batches."""
-
-    def __init__(self, lengths, batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        self.lengths, self.batch_size, self.seed, self.rank, self.world = (
-            list(lengths),
-            batch_size,
-            seed,
-            rank,
-            world,
-        )
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _batches(self) -> list[list[int]]:
-        import numpy as np
-
-        rng = np.random.RandomState(self.seed + self.epoch)
-        order, window = rng.permutation(len(self.lengths)).tolist(), 16 * self.batch_size
-        batches = []
-        for start in range(0, len(order), window):
-            chunk = sorted(order[start : start + window], key=lambda i: self.lengths[i])
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        return [batches[i] for i in rng.permutation(len(batches))][self.rank :: self.world]
-
-    def __iter__(self):
-        return iter(self._batches())
-
-    def __len__(self) -> int:
-        return len(self._batches())
-
-
 @dataclass
 class SFTResult:
     """What a run produced: the trained model, its history and measurements."""
@@ -271,7 +238,7 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
         only_optimize_lora_parameters,
     )
     from .paths import build_dir
-    from .sft_eval import perplexity, trim_padding
+    from .sft_eval import perplexity
 
     device = get_device()
     if device.type == "cuda" and args.local_rank >= 0:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 
+from .padding import trim_padding
+
 ANSWER_LINE = re.compile(r" Answer: ([^\n]+)\.")  # line 1: " Answer: <one sentence>."
 POINT_LINE = re.compile(r"- (\S.*)")  # lines 2-4: "- <point>"
 HOUSE_STYLE_REGEX = r"^ Answer: [^\n]+\.(?:\n- \S[^\n]*[^.\s]){1,3}$"  # structure only (data card)
@@ -135,9 +137,3 @@ def perplexity(model, dataset, batch_size: int = 16) -> float:
             count += n
     model.train(was_training)
     return math.exp(total / max(count, 1))
-
-
-def trim_padding(batch: dict) -> dict:
-    """Cut right-padded (B, T) tensors to the longest real row: no compute is spent on all-padding columns."""
-    width = int(batch["attention_mask"].sum(dim=1).max())
-    return {k: v[:, :width] for k, v in batch.items()}

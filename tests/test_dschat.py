@@ -237,23 +237,3 @@ def test_exercise_07_2_first_stop():
     exec(exercises.EXERCISES["07.2"].stub, namespace)
     with pytest.raises(exercises.ExerciseFailed, match="expected 2, got None"):
         exercises.check("07.2", namespace["first_stop"])
-
-
-# ---- padding: max_length (DeepSpeed-Chat) against dynamic padding ----
-
-
-def test_compare_padding_quick(tok):
-    import json
-    import math
-
-    r = dschat.compare_padding(tok, max_seq_len=384, quick=True, batch_size=4, n_batches=2)
-    assert r["loss_equal"] is True and r["max_loss_diff"] <= 1e-4
-    fractions = {s: r[s]["padding_fraction"] for s in dschat.PADDING_SCHEMES}
-    assert fractions["max_length"] > fractions["longest"] >= fractions["longest_grouped"] >= 0
-    assert r["max_length"]["epoch_padding_fraction"] > r["longest"]["epoch_padding_fraction"]
-    assert r["faster"] in ("longest", "longest_grouped")
-    assert math.isfinite(r["speedup"]) and r["speedup"] > 0
-    assert r["records"] + r["dropped"] == 280
-    json.dumps(r)  # JSON-ready
-    with pytest.raises(ValueError, match="max_seq_len=16 keeps 0 of 280 records"):
-        dschat.compare_padding(tok, max_seq_len=16, quick=True)

@@ -153,19 +153,3 @@ def test_max_length_padding_keeps_every_column(tmp_path, monkeypatch):
     # every batch keeps all max_seq_len columns: never trimmed
     assert result.padded_tokens == steps * args.per_device_train_batch_size * args.max_seq_len
     assert 0 < result.real_tokens < result.padded_tokens
-
-
-def test_length_grouped_batches():
-    lengths = [int(x) for x in torch.randint(10, 200, (101,), generator=torch.Generator().manual_seed(0))]
-    sampler = sft.LengthGroupedBatches(lengths, batch_size=4, seed=1)
-    batches = list(sampler)
-    assert sorted(i for b in batches for i in b) == list(range(101)) and len(sampler) == 26
-    assert batches == list(sampler)  # deterministic within an epoch
-    sampler.set_epoch(1)
-    assert list(sampler) != batches
-    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-    shuffled = torch.randperm(101, generator=torch.Generator().manual_seed(1)).tolist()
-    random_padded = sum(4 * max(lengths[i] for i in shuffled[k : k + 4]) for k in range(0, 101, 4))
-    assert padded < 0.85 * random_padded  # far less padding than random batches
-    ranks = [list(sft.LengthGroupedBatches(lengths, 4, seed=1, rank=r, world=2)) for r in (0, 1)]
-    assert not {i for b in ranks[0] for i in b} & {i for b in ranks[1] for i in b}

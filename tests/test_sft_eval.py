@@ -6,6 +6,7 @@ import torch
 from sft_lessons.data import data_path, load_jsonl
 from sft_lessons.dschat import create_prompt_dataset, opt_style_tokenizer
 from sft_lessons.models import tiny_causal_lm, tiny_tokenizer
+from sft_lessons.padding import trim_padding
 from sft_lessons.sft_eval import (
     _first_stop,
     clean_stop,
@@ -14,7 +15,6 @@ from sft_lessons.sft_eval import (
     house_style_problems,
     perplexity,
     style_metrics,
-    trim_padding,
 )
 
 GOOD = " Answer: Ice floats because water expands when it freezes, making ice less dense.\n- Floating ice insulates lakes"
@@ -90,11 +90,3 @@ def test_perplexity_is_token_weighted(tmp_path):
         loss = model(**batch).loss  # HF averages over all labelled tokens of the one batch
     assert perplexity(model, evaluation, batch_size=3) == pytest.approx(math.exp(loss), rel=1e-5)
     assert perplexity(model, evaluation, batch_size=1) == pytest.approx(math.exp(loss), rel=1e-5)
-
-
-def test_trim_padding():
-    batch = {
-        "input_ids": torch.ones(2, 6),
-        "attention_mask": torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]]),
-    }
-    assert trim_padding(batch)["input_ids"].shape == (2, 3)
