@@ -118,11 +118,6 @@ def test_parameter_fingerprint_sees_any_change(tok):
     assert parameter_fingerprint(model) != before
 
 
-def test_chapter_figure_renders(tmp_path):
-    from sft_lessons.figures import icl_prefix_cache
-
-    assert icl_prefix_cache(out_dir=tmp_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
 
 def test_compare_prefix_cache_on_tiny_model(tok):
     import json

@@ -136,12 +136,3 @@ def test_malformed_pool_rejected_with_file_and_line(tmp_path):
     )
     with pytest.raises(DataFormatError, match=r"pool.jsonl:2: field 'answer' should be str"):
         load_jsonl(bad, idata.RAW_QA_FIELDS)
-
-
-def test_figures(tmp_path, result):
-    from sft_lessons import figures
-
-    assert figures.curation_funnel(result.funnel, tmp_path).stat().st_size > 5000
-    rows = load_jsonl(data_path("instruction_datasets.jsonl"))
-    assert {"BELLE", "COIG", "Firefly", "LIMA", "Alpaca"} <= {r["name"] for r in rows}
-    assert figures.dataset_catalogue(rows, tmp_path).stat().st_size > 5000

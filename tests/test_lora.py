@@ -252,19 +252,3 @@ def test_chapter_03_exercises_accept_the_solutions_and_catch_common_mistakes():
         check("03.2", lambda d, k, r: r * (d + d))  # the seed's formula
     with pytest.raises(ExerciseFailed, match="in place"):
         check("03.3", lambda w, a, b, s: w.add_(s * b @ a))
-
-
-def test_chapter_03_figures(tmp_path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from sft_lessons import figures
-
-    path = figures.lora_structure(out_dir=tmp_path)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    llama = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
-    llama["num_attention_heads"] = 4
-    fig = figures.lora_count_plot({"tiny": lora.lora_count_table(llama, [1, 2, 4])}, [1, 2, 4])
-    assert len(fig.axes) == 1
-    s = torch.linalg.svdvals(torch.randn(8, 6))
-    assert len(figures.singular_value_plot({"random": s}, r=2).axes) == 2

@@ -193,14 +193,3 @@ def test_soft_prompt_trains_only_the_prompt(tok):
     scores = score_label_words(peft_model, tok, [t.split(x)[0] for x in TEXTS], v, batch_size=2)
     one_by_one = torch.cat([score_label_words(peft_model, tok, [t.split(x)[0]], v) for x in TEXTS])
     torch.testing.assert_close(scores, one_by_one, atol=1e-5, rtol=1e-5)
-
-
-def test_chapter_figure_renders_without_switching_backend(tmp_path):
-    import matplotlib
-
-    from sft_lessons.figures import prompt_learning_stages
-
-    backend = matplotlib.get_backend()
-    path = prompt_learning_stages(out_dir=tmp_path)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert matplotlib.get_backend() == backend  # notebooks keep their inline plots

@@ -155,15 +155,3 @@ def test_alibi_bias_is_causal_and_linear():
     assert torch.isinf(bias[:, 0, 1:]).all() and (bias.diagonal(dim1=1, dim2=2) == 0).all()
     torch.testing.assert_close(bias[:, 4, 0], -4 * rope.alibi_slopes(4))
     torch.testing.assert_close(rope.alibi_bias(4, 2, 5), bias[:, 3:, :])  # last queries against all keys
-
-
-def test_chapter_figures_write_pngs(tmp_path):
-    from sft_lessons import figures
-
-    for fn in (figures.rope_wavelengths, figures.interpolation_vs_extrapolation):
-        assert fn(out_dir=tmp_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    fig = figures.plot_loss_vs_length({"copy": {"none": {64: 0.1, 128: 5.0}}, "passkey": {"none": {64: 0.1}}})
-    assert len(fig.axes) == 2 and fig.axes[0].get_xlabel() == "evaluation length (tokens)"
-    fig = figures.plot_finetune_curves({"from PI": [(0, 5.0), (10, 3.0)]})
-    assert fig.axes[0].get_xlabel() == "fine-tuning step"
-    assert figures.as_png(fig).data[:8] == b"\x89PNG\r\n\x1a\n"
