@@ -26,11 +26,12 @@ def select_notebooks(chapters: list[str], folder: Path) -> list[Path]:
 
 
 def clean_outputs(nb) -> None:
-    """Drop stderr streams (warnings, progress bars) and widget state before a notebook is committed."""
+    """Drop stderr streams (warnings, progress bars), widget state and run timestamps before a notebook is committed."""
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
+        cell.metadata.pop("execution", None)  # per-cell timestamps: noise in every diff
         cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
         for o in cell.outputs:
             if "application/vnd.jupyter.widget-view+json" in o.get("data", {}):
@@ -39,22 +40,29 @@ def clean_outputs(nb) -> None:
 
 def execute_notebook(src: Path, dest: Path, timeout: int = 1800):
     """Execute `src` (cwd = its folder) and write the result to `dest`; returns (status, seconds)."""
+    import os
+    import tempfile
+
     import nbformat
+    from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(src, as_version=4)
-    client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(src.parent)}}
-    )
-    start = time.perf_counter()
     status = "ok"
-    try:
-        client.execute()
-    except CellExecutionError as exc:
-        status = "FAILED"
-        print(f"\n{src.name}: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
-    seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="sft-kernel-") as sockets:
+        # a local kernel over Unix sockets (absolute paths: the kernel runs in the notebook's folder);
+        # over TCP every kernel warns on stderr that its traffic is unencrypted
+        ipc = {"transport": "ipc", "ip": os.path.join(sockets, "kernel")} if os.name == "posix" else {}
+        km = KernelManager(kernel_name="python3", **ipc)
+        client = NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": str(src.parent)}})
+        start = time.perf_counter()
+        try:
+            client.execute()
+        except CellExecutionError as exc:
+            status = "FAILED"
+            print(f"\n{src.name}: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+        seconds = time.perf_counter() - start
     dest.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, dest)
     return status, seconds, nb

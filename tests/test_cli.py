@@ -26,8 +26,17 @@ def test_execute_notebook_writes_outputs_and_cleans_stderr(tmp_path):
     status, seconds, nb = cli.execute_notebook(src, tmp_path / "out" / "00_demo.ipynb", timeout=120)
     assert status == "ok" and seconds > 0
     assert (tmp_path / "out" / "00_demo.ipynb").exists()
+    assert "execution" in nb.cells[0].metadata  # nbclient records timestamps
     cli.clean_outputs(nb)
     assert [o["text"] for o in nb.cells[0].outputs] == ["hello\n"]
+    assert "execution" not in nb.cells[0].metadata
+
+
+def test_kernels_run_without_the_tcp_warning(tmp_path, capfd):
+    src = tmp_path / "00_demo.ipynb"
+    _nb(src, "print(1)")
+    assert cli.execute_notebook(src, tmp_path / "out.ipynb", timeout=120)[0] == "ok"
+    assert "without encryption" not in capfd.readouterr().err
 
 
 def test_parser_knows_the_commands():
