@@ -58,7 +58,7 @@ def execute_notebook(src: Path, dest: Path, timeout: int = 1800):
         client = NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": str(src.parent)}})
         start = time.perf_counter()
         try:
-            client.execute()
+            client.execute(cleanup_kc=True)  # we own km: shut the kernel down, or it lingers until we exit
         except CellExecutionError as exc:
             status = "FAILED"
             print(f"\n{src.name}: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)

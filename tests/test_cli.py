@@ -1,4 +1,5 @@
 import nbformat
+import psutil
 import pytest
 
 from sft_lessons import cli
@@ -35,8 +36,11 @@ def test_execute_notebook_writes_outputs_and_cleans_stderr(tmp_path):
 def test_kernels_run_without_the_tcp_warning(tmp_path, capfd):
     src = tmp_path / "00_demo.ipynb"
     _nb(src, "print(1)")
+    children = {p.pid for p in psutil.Process().children(recursive=True)}
     assert cli.execute_notebook(src, tmp_path / "out.ipynb", timeout=120)[0] == "ok"
     assert "without encryption" not in capfd.readouterr().err
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in children and p.is_running()]
+    assert not [p for p in left if p.status() != psutil.STATUS_ZOMBIE], "the kernel was not shut down"
 
 
 def test_parser_knows_the_commands():
