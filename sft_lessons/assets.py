@@ -182,24 +182,27 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from .device import tell_deepspeed
+
+    tell_deepspeed()  # save_pretrained imports deepspeed (via accelerate), which would warn while guessing a device
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are now plain fp32 tensors: drop the GGUF "quantization" so the save is a normal checkpoint.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.config._name_or_path = "SmolLM2-135M-Instruct"
+        tok.model_max_length = model.config.max_position_embeddings  # GGUF leaves it "unlimited"
+        model.save_pretrained(out, safe_serialization=True)  # its shard bar would nest inside fetch's own bar
+        tok.save_pretrained(out)
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:  # restore, never force on: setup_notebook() may have turned the bars off for good
             hf_logging.enable_progress_bar()
-    # The weights are now plain fp32 tensors: drop the GGUF "quantization" so the save is a normal checkpoint.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    model.config._name_or_path = "SmolLM2-135M-Instruct"
-    tok.model_max_length = model.config.max_position_embeddings  # GGUF leaves it "unlimited"
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
 
 
 def _build(asset: Asset, tmp: Path, progress: bool) -> None:
