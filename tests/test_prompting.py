@@ -173,9 +173,6 @@ def test_chat_template_keeps_the_input_slot(tok):
     assert t.split("fun")[0].count("fun") == 1
 
 
-@pytest.mark.filterwarnings(
-    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
-)  # peft 0.21 + transformers 5
 def test_soft_prompt_trains_only_the_prompt(tok):
     from sft_lessons.prompting import soft_prompt_model, train_soft_prompt
 
