@@ -39,7 +39,7 @@ def clean_outputs(nb) -> None:
 
 
 def execute_notebook(src: Path, dest: Path, timeout: int = 1800):
-    """Execute `src` (cwd = its folder) and write the result to `dest`; returns (status, seconds)."""
+    """Execute `src` (cwd = its folder) and write the result to `dest`; returns (status, seconds, executed notebook)."""
     import os
     import tempfile
 
