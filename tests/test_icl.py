@@ -118,7 +118,6 @@ def test_parameter_fingerprint_sees_any_change(tok):
     assert parameter_fingerprint(model) != before
 
 
-
 def test_compare_prefix_cache_on_tiny_model(tok):
     import json
     import math
@@ -130,7 +129,8 @@ def test_compare_prefix_cache_on_tiny_model(tok):
     assert model.training  # the caller's mode is restored
     assert r["predictions_equal"] is True and r["k"] == 4 and r["n_queries"] == 4
     assert math.isfinite(r["speedup"]) and r["speedup"] > 0 and r["naive_s"] > 0 and r["cached_s"] > 0
-    assert r["prefix_tokens"] > 0
+    assert r["prefix_tokens"] > 0 and r["max_log_prob_diff"] <= 1e-3
+    assert r["tokens_naive"] - r["tokens_cached"] == 3 * r["prefix_tokens"]  # 4 queries: the prefix 4 times vs once
     json.dumps(r)  # JSON-ready
     with pytest.raises(ValueError, match="n_queries=0"):
         compare_prefix_cache(model, tok, n_queries=0)

@@ -134,7 +134,6 @@ def test_seed_tasks_load_and_malformed_file_rejected(seeds, tmp_path):
         load_jsonl(bad, si.SEED_TASK_FIELDS)
 
 
-
 def test_fit_clf_threshold_balances_the_classes():
     p = [0.1, 0.2, 0.3, 0.35, 0.6]
     y = [False, False, True, True, False]
