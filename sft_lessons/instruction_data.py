@@ -9,6 +9,11 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+import torch
+
+from .models import mean_pool
+
 RAW_QA_FIELDS = {"id": str, "source": str, "question": str, "answer": str, "planted": list}
 
 # ---- normalisation ----------------------------------------------------------------------------------------------
@@ -110,8 +115,6 @@ _PRIME = (1 << 61) - 1
 
 def minhash_signature(shingles: Iterable, num_perm: int = 128, seed: int = 0):
     """(num_perm,) uint64 MinHash signature: min over shingles of (a*h + b) mod p for num_perm random (a, b)."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     a = rng.integers(1, _PRIME, num_perm, dtype=np.uint64).astype(object)
     b = rng.integers(0, _PRIME, num_perm, dtype=np.uint64).astype(object)
@@ -382,10 +385,6 @@ def embedding_relevance(encoder, tokenizer, batch_size: int = 32, max_length: in
     """A relevance function for curate(): cosine similarity of question and answer sentence embeddings."""
 
     def relevance(questions: list[str], answers: list[str]) -> list[float]:
-        import torch
-
-        from .models import mean_pool
-
         def embed(texts):
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
             out = [None] * len(texts)

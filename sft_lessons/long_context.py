@@ -5,8 +5,19 @@ from __future__ import annotations
 
 import copy
 import math
-import time
+import random
 from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import repeat_kv
+
+from .data import IGNORE_INDEX
+from .device import progress
+from .rope import alibi_bias, rope_parameters_for
+from .timing import CLOCKS, interleaved_times
 
 
 @dataclass(frozen=True)
@@ -42,14 +53,14 @@ class LongRangeTask:
         n_copy, half = batch_size - n_key, seq_len // 2
         first = torch.randint(0, self.num_tokens, (n_copy, half), generator=generator)
         copy_ids = torch.cat([first, first], dim=1)  # (n_copy, L)
-        copy_labels = torch.full_like(copy_ids, -100)
+        copy_labels = torch.full_like(copy_ids, IGNORE_INDEX)
         copy_labels[:, half + 1 :] = copy_ids[:, half + 1 :]  # the first copied token is not predictable
         key_ids = torch.randint(0, self.num_tokens, (n_key, seq_len), generator=generator)  # filler
         values = self.num_tokens + torch.randint(0, self.num_values, (n_key,), generator=generator)
         depth = torch.randint(0, seq_len - 2, (n_key,), generator=generator)
         key_ids[torch.arange(n_key), depth] = values
         key_ids[:, -2], key_ids[:, -1] = self.query_id, values
-        key_labels = torch.full_like(key_ids, -100)
+        key_labels = torch.full_like(key_ids, IGNORE_INDEX)
         key_labels[:, -1] = values
         is_passkey = torch.arange(batch_size) >= n_copy
         return torch.cat([copy_ids, key_ids]), torch.cat([copy_labels, key_labels]), is_passkey
@@ -57,15 +68,13 @@ class LongRangeTask:
 
 def task_losses(logits, labels, is_passkey):
     """{"copy_loss", "copy_acc", "passkey_loss", "passkey_acc"} (tensors) from (B, L, V) logits; kinds present only."""
-    import torch.nn.functional as F
-
     logits, labels = logits[:, :-1].float(), labels[:, 1:]  # position t predicts token t+1
     out = {}
     for name, rows in (("copy", ~is_passkey), ("passkey", is_passkey)):
         if not rows.any():
             continue
         lg, lb = logits[rows], labels[rows]
-        scored = lb != -100
+        scored = lb != IGNORE_INDEX
         out[f"{name}_loss"] = F.cross_entropy(lg[scored], lb[scored])
         out[f"{name}_acc"] = (lg[scored].argmax(-1) == lb[scored]).float().mean()
     return out
@@ -108,11 +117,6 @@ class NoRotary:
 
 def alibi_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Custom attention for transformers' Llama: softmax(q k^T * scaling + ALiBi bias) v (causal, no padding)."""
-    import torch
-    from transformers.models.llama.modeling_llama import repeat_kv
-
-    from .rope import alibi_bias
-
     key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
     heads, q_len, k_len = query.shape[1], query.shape[2], key.shape[2]
     scores = query @ key.transpose(2, 3) * scaling  # (B, H, q, k)
@@ -125,8 +129,6 @@ def alibi_attention(module, query, key, value, attention_mask, scaling, dropout=
 
 
 def _register_alibi() -> str:
-    from transformers import AttentionInterface
-
     AttentionInterface.register("alibi", alibi_attention)
     return "alibi"
 
@@ -140,11 +142,6 @@ def build_tiny_llama(
     seed: int = 0,
 ):
     """A random-init LlamaForCausalLM; RoPE scaled by (method, factor), or ALiBi (custom attention, no RoPE)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from .rope import rope_parameters_for
-
     rope_parameters, max_pos = rope_parameters_for(method, factor, cfg.rope_theta, cfg.train_len)
     config = LlamaConfig(
         vocab_size=task.vocab_size,
@@ -170,10 +167,6 @@ def build_tiny_llama(
 
 def rescale_rope(model, method: str, factor: float, train_len: int):
     """A copy of a trained RoPE model rebuilt with a new rope scaling (config first, then the trained weights)."""
-    from transformers import LlamaForCausalLM
-
-    from .rope import rope_parameters_for
-
     config = copy.deepcopy(model.config)
     theta = config.rope_parameters["rope_theta"]
     config.rope_parameters, config.max_position_embeddings = rope_parameters_for(
@@ -200,8 +193,6 @@ def train(
     eval_every: int = 0,
 ):
     """AdamW, warmup + cosine; loss = copy loss + passkey loss. Returns {"loss": [...], "eval": [(step, metrics)]}."""
-    import torch
-
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -209,7 +200,6 @@ def train(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
     )
     history = {"loss": [], "eval": []}
-    from .device import progress
 
     for step in progress(range(steps + 1), "train"):
         if eval_every and (step % eval_every == 0 or step == steps):
@@ -233,8 +223,6 @@ def train(
 
 def evaluate(model, task: LongRangeTask, seq_len: int, batch_size: int = 64, seed: int = 1234):
     """{"copy_loss", "copy_acc", "passkey_loss", "passkey_acc"} on one fixed batch (the same for every model)."""
-    import torch
-
     device = next(model.parameters()).device
     ids, labels, is_passkey = task.batch(batch_size, seq_len, torch.Generator().manual_seed(seed + seq_len))
     was_training = model.training
@@ -266,10 +254,6 @@ def passkey_prompt(tokenizer, n_tokens: int, passkey: str, depth: float = 0.5) -
 
 def passkey_probe(model, tokenizer, lengths, depths=(0.2, 0.8), seed: int = 0, max_new_tokens: int = 7):
     """Rows {"length", "depth", "tokens", "passkey", "answer", "correct"}: greedy completion after the question."""
-    import random
-
-    import torch
-
     rng = random.Random(seed)
     rows = []
     for length in lengths:
@@ -300,38 +284,27 @@ def passkey_probe(model, tokenizer, lengths, depths=(0.2, 0.8), seed: int = 0, m
 
 
 def time_forward(model, lengths, repeats: int = 1, clock: str = "wall"):
-    """{length: seconds} for one no-grad forward over a random sequence (best of repeats).
+    """{length: seconds} for one no-grad forward over a random sequence (best of repeats, lengths interleaved).
 
     clock="wall" measures elapsed time; clock="cpu" measures this thread's CPU time, which on a one-thread CPU run
     does not grow when other processes share the machine.
     """
-    import torch
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; valid: {', '.join(CLOCKS)}")
+    gen = torch.Generator().manual_seed(0)
+    batches = {n: torch.randint(0, model.config.vocab_size, (1, n), generator=gen).to(model.device) for n in lengths}
 
-    clocks = {"wall": time.perf_counter, "cpu": time.thread_time}
-    if clock not in clocks:
-        raise ValueError(f"unknown clock {clock!r}; valid: {', '.join(clocks)}")
-    now = clocks[clock]
-    times = {}
-    for length in lengths:
-        ids = torch.randint(
-            0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0)
-        )
-        best = float("inf")
-        for _ in range(repeats):
-            start = now()
-            with torch.no_grad():
-                model(input_ids=ids.to(model.device), logits_to_keep=1)
-            if model.device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, now() - start)
-        times[length] = best
-    return times
+    def forward(ids):
+        with torch.no_grad():
+            model(input_ids=ids, logits_to_keep=1)
+
+    fns = {n: (lambda ids=ids: forward(ids)) for n, ids in batches.items()}
+    times = interleaved_times(fns, repeats, warmup=0, device=model.device, clock=clock)
+    return {n: min(ts) for n, ts in times.items()}
 
 
 def fit_forward_cost(times: dict):
     """(a, b) >= 0 of the least-squares fit seconds ~ a * n + b * n^2 (linear layers + attention)."""
-    import numpy as np
-
     n = np.array(sorted(times), dtype=float)
     t = np.array([times[int(k)] for k in n])
     (a, b), *_ = np.linalg.lstsq(np.stack([n, n**2], axis=1), t, rcond=None)

@@ -15,13 +15,13 @@ matches nothing.
 from __future__ import annotations
 
 import math
-import statistics
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .memory import count_parameters  # noqa: F401  (chapter 3 counts with it: lora.count_parameters)
 
 LORA_KEYS = ("lora_right_weight", "lora_left_weight")
 
@@ -186,11 +186,6 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] in LORA_KEYS}
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    """Number of (trainable) parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
 def copy_lora_to_peft(model: nn.Module, peft_model: nn.Module, adapter_name: str = "default") -> int:
     """Copy our A, B into the same-named peft LoRA layers (lora_A = A, lora_B = B); returns how many were copied."""
     ours, copied = lora_layers(model), 0
@@ -305,29 +300,3 @@ def full_finetune_delta(
             p.requires_grad_(flags[name])
         model.train(was_training)
     return delta, losses
-
-
-# ---- measurement ----
-
-
-def time_interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
-) -> dict[str, float]:
-    """Median seconds per call of each fn, timed in interleaved rounds (A B C, C B A, ...) after warm-up."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns.items())
-    for round_ in range(repeats):
-        for name, fn in (
-            order if round_ % 2 == 0 else order[::-1]
-        ):  # alternate the order: no one always goes first
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}

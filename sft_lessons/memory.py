@@ -6,6 +6,8 @@ temporary buffers on top, so a real peak is somewhat higher than `total`.
 
 from __future__ import annotations
 
+import torch
+
 # optimizer -> (state tensors per trainable parameter, bits per state value)
 OPTIMIZERS = {
     "adamw": (2, 32),  # exp_avg and exp_avg_sq in fp32
@@ -112,10 +114,13 @@ def model_bytes(model, trainable_only: bool = False) -> int:
     return tensor_bytes(params) + tensor_bytes(buffers)
 
 
+def count_parameters(model, trainable_only: bool = True) -> int:
+    """Number of parameters: the trainable ones (default) or all of them."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
 def optimizer_state_bytes(optimizer) -> int:
     """Bytes of every tensor held in optimizer.state (e.g. Adam's exp_avg and exp_avg_sq)."""
-    import torch
-
     return sum(
         tensor_bytes(v for v in state.values() if isinstance(v, torch.Tensor))
         for state in optimizer.state.values()
@@ -124,8 +129,6 @@ def optimizer_state_bytes(optimizer) -> int:
 
 def saved_activation_bytes(model, **batch) -> int:
     """Bytes of the tensors autograd saves for backward in one training-mode forward (parameters excluded)."""
-    import torch
-
     param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: set[int] = set()
     total = 0

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import os
 
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+)
+from transformers.utils import logging as hf_logging
+
 from .assets import REGISTRY, AssetError, fetch
+from .device import get_device
+from .settings import use_hub
 
 # The seed material's own choices; reachable only through the opt-in hub path.
 HUB_ONLY = {
@@ -17,11 +31,6 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-def use_hub() -> bool:
-    """True when the user opted into the Hugging Face hub with SFT_LESSONS_USE_HUB=1."""
-    return os.environ.get("SFT_LESSONS_USE_HUB", "").strip().lower() in {"1", "true", "yes"}
 
 
 def resolve(name: str) -> str:
@@ -40,10 +49,8 @@ def resolve(name: str) -> str:
     )
 
 
-def _quiet_from_pretrained(cls, path, **kwargs):
+def quiet_from_pretrained(cls, path, **kwargs):
     """from_pretrained without the progress bar and the 'newly initialized weights' chatter."""
-    from transformers.utils import logging as hf_logging
-
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -57,41 +64,28 @@ def _quiet_from_pretrained(cls, path, **kwargs):
 
 def load_causal_lm(name: str = "smollm2-135m-instruct", device=None, dtype=None):
     """(model, tokenizer) for a causal LM, in eval mode on `device` (default: get_device())."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .device import get_device
-
     path = resolve(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = _quiet_from_pretrained(AutoModelForCausalLM, path, dtype=dtype or torch.float32)
+    model = quiet_from_pretrained(AutoModelForCausalLM, path, dtype=dtype or torch.float32)
     model.to(device or get_device()).eval()
     return model, tokenizer
 
 
 def load_sequence_classifier(name: str = "all-minilm-l6-v2", num_labels: int = 2, device=None):
     """(model, tokenizer): the encoder with a new, randomly initialised classification head."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from .device import get_device
-
     path = resolve(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = _quiet_from_pretrained(AutoModelForSequenceClassification, path, num_labels=num_labels)
+    model = quiet_from_pretrained(AutoModelForSequenceClassification, path, num_labels=num_labels)
     return model.to(device or get_device()), tokenizer
 
 
 def load_encoder(name: str = "all-minilm-l6-v2", device=None):
     """(model, tokenizer): the bare encoder, for sentence embeddings."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from .device import get_device
-
     path = resolve(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = _quiet_from_pretrained(AutoModel, path)
+    model = quiet_from_pretrained(AutoModel, path)
     return model.to(device or get_device()).eval(), tokenizer
 
 
@@ -103,8 +97,6 @@ def mean_pool(last_hidden_state, attention_mask):
 
 def sentence_embeddings(model, tokenizer, sentences, normalize: bool = True):
     """list[str] -> (n, hidden) mean-pooled (and L2-normalised) embeddings."""
-    import torch
-
     batch = tokenizer(sentences, padding=True, truncation=True, return_tensors="pt").to(model.device)
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
@@ -112,7 +104,7 @@ def sentence_embeddings(model, tokenizer, sentences, normalize: bool = True):
     return torch.nn.functional.normalize(emb, dim=-1) if normalize else emb
 
 
-_TINY_CORPUS = (
+TINY_CORPUS = (
     "The movie was great and the acting was wonderful. The plot was terrible and boring. "
     "I loved the music, I hated the ending. It was not good, it was bad. Positive. Negative. "
     "Review: a fantastic, funny film. Sentiment: positive. Review: an awful, dull mess. Sentiment: negative. "
@@ -123,9 +115,6 @@ _TINY_CORPUS = (
 
 def tiny_tokenizer(vocab_size: int = 320):
     """A small byte-level BPE tokenizer trained on a built-in corpus, with ChatML special tokens (offline)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -136,7 +125,7 @@ def tiny_tokenizer(vocab_size: int = 320):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+    tok.train_from_iterator([TINY_CORPUS] * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|im_start|>",
@@ -172,9 +161,6 @@ _TINY_DEFAULTS = {
 
 def tiny_causal_lm(arch: str = "llama", seed: int = 0, vocab_size: int = 320, **overrides):
     """A small randomly initialised causal LM (seeded), for unit tests and mechanism demos."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     if arch not in _TINY_DEFAULTS:
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(_TINY_DEFAULTS)}")
     kwargs = {**_TINY_DEFAULTS[arch], "vocab_size": vocab_size, **overrides}

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .settings import cache_root
+
+
+def checkout_root() -> Path | None:
+    """The checkout the package runs from (an editable install), or None for an installed copy."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "notebooks").is_dir() and (here / "pyproject.toml").is_file() else None
+
 
 def project_root() -> Path:
-    """The checkout root: the folder above the package if it has notebooks/, else the nearest parent with one."""
-    here = Path(__file__).resolve().parent.parent
-    if (here / "notebooks").is_dir():
-        return here
+    """The checkout root: the package's own checkout, else the nearest folder above cwd with notebooks/."""
+    root = checkout_root()
+    if root is not None:
+        return root
     for folder in [Path.cwd(), *Path.cwd().parents]:
         if (folder / "notebooks").is_dir() and (folder / "pyproject.toml").is_file():
             return folder
@@ -22,14 +30,16 @@ def notebooks_dir() -> Path:
 
 
 def images_dir() -> Path:
-    """Generated figures that notebooks and the README show."""
-    path = project_root() / "images"
-    path.mkdir(exist_ok=True)
-    return path
+    """The committed diagrams that notebooks and the README show (redrawn only by `sft-lessons figures`)."""
+    return project_root() / "images"
 
 
 def build_dir() -> Path:
-    """Run outputs: executed notebooks, benchmarks, slides (git-ignored)."""
-    path = project_root() / "build"
-    path.mkdir(exist_ok=True)
+    """Run outputs (executed notebooks, plots, benchmarks, slides): build/ of the checkout, git-ignored.
+
+    An installed (non-editable) copy never writes into the current folder: it uses $SFT_LESSONS_CACHE/build.
+    """
+    root = checkout_root()
+    path = root / "build" if root is not None else cache_root() / "build"
+    path.mkdir(parents=True, exist_ok=True)
     return path

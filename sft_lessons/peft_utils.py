@@ -8,11 +8,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
-def trainable_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+from .memory import count_parameters, optimizer_state_bytes
+from .timing import sync, timed_call
 
 
 def saved_size_bytes(model) -> int:
@@ -32,8 +34,6 @@ def saved_size_bytes(model) -> int:
 
 def adalora_callback(peft_model):
     """A TrainerCallback calling update_and_allocate(global_step) after optimizer.step() and before zero_grad()."""
-    from transformers import TrainerCallback
-
     class AdaLoraCallback(TrainerCallback):
         """Trainer never calls AdaLoRA's budget update; on_optimizer_step runs while the gradients still exist."""
 
@@ -68,8 +68,6 @@ def rank_allocation(peft_model) -> dict[str, int]:
 
 def rank_table(ranks: dict[str, int]):
     """Ranks as a (layer x module) pandas DataFrame, e.g. rows 0..5 and columns query, key, value, attn.out, ..."""
-    import pandas as pd
-
     rows = {}
     for name, rank in ranks.items():
         match = _LAYER.search(name)
@@ -97,17 +95,17 @@ def classification_dataset(tokenizer, reviews, max_length: int = 64):
 
 def step_timer():
     """A TrainerCallback timing each training step (forward, backward, optimizer; not evaluation)."""
-    from transformers import TrainerCallback
-
     class StepTimer(TrainerCallback):
         def __init__(self):
             self.steps = []  # seconds of each optimizer step
             self._start = None
 
         def on_step_begin(self, args, state, control, **kwargs):
+            sync()
             self._start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            sync()
             self.steps.append(time.perf_counter() - self._start)
 
     return StepTimer()
@@ -130,12 +128,6 @@ def train_classifier(
     callbacks=(),
 ):
     """Train with HF Trainer, evaluating each epoch -> (trainer, result dict with times and per-epoch accuracy)."""
-    import torch
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback
-
-    from .memory import optimizer_state_bytes
-
     args = TrainingArguments(
         output_dir=output_dir or tempfile.mkdtemp(prefix="sft_lessons_"),
         num_train_epochs=epochs,
@@ -166,14 +158,11 @@ def train_classifier(
     cuda = model.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
+    seconds, _ = timed_call(trainer.train)
     history = trainer.state.log_history
-    trainable, total = trainable_parameters(model)
     result = {
-        "trainable": trainable,
-        "total": total,
+        "trainable": count_parameters(model),
+        "total": count_parameters(model, trainable_only=False),
         "seconds": seconds,  # the whole train() call, per-epoch evaluation included
         "steps": trainer.state.global_step,
         # the median training step: evaluation excluded, robust to a busy machine's occasional stalls

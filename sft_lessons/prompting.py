@@ -9,6 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
+from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+from .data import IGNORE_INDEX
+from .device import progress
+
 X_SLOT, Z_SLOT = "[X]", "[Z]"
 AGGREGATES = ("sum", "mean")
 PADDING_SIDES = ("left", "right")
@@ -146,8 +152,6 @@ def _is_prompt_learning(model) -> bool:
 
 def _pad_batch(seqs, pad_id, side, device):
     """list of id lists -> (b, T) ids and attention mask, padded on `side`."""
-    import torch
-
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -160,8 +164,6 @@ def _pad_batch(seqs, pad_id, side, device):
 
 def _forward_log_probs(model, seqs, pad_id, n_last, prefix_cache=None, padding_side="left"):
     """log-softmax logits that predict the last `n_last` tokens of each sequence (and the next one): (b, n_last+1, V)."""
-    import torch
-
     device = next(model.parameters()).device
     ids, mask = _pad_batch(seqs, pad_id, padding_side, device)  # (b, T)
     b, width = ids.shape
@@ -211,8 +213,6 @@ def next_token_log_probs(
     model, tokenizer, prompts, batch_size=16, prefix_ids=None, prefix_cache=None, padding_side=None
 ):
     """list[str] -> (n, vocab) log-probs of the token after each prompt (the answer slot of a prefix prompt)."""
-    import torch
-
     padding_side = _check_padding(model, padding_side)
     seqs = _prompt_ids(tokenizer, prompts, prefix_ids)
     out = []
@@ -235,8 +235,6 @@ def continuation_log_probs(
     padding_side=None,
 ):
     """Per-token log-probs of each continuation given its prompt: a list of n 1-D tensors."""
-    import torch
-
     padding_side = _check_padding(model, padding_side)
     ctx = _prompt_ids(tokenizer, prompts, prefix_ids)
     conts = [encode(tokenizer, c) if isinstance(c, str) else list(c) for c in continuations]
@@ -279,8 +277,6 @@ def score_label_words(
     Single-token words without a suffix take one forward pass per prompt; otherwise every (prompt, word)
     pair is scored. `prefix_ids`/`prefix_cache` put a shared prefix (e.g. demonstrations) before each prompt.
     """
-    import torch
-
     word_ids = verbalizer.token_ids(tokenizer)  # validates the words
     if not suffix and verbalizer.is_single_token(tokenizer):
         logp = next_token_log_probs(
@@ -332,8 +328,6 @@ class Classification:
 
 def accuracy(predictions, labels) -> float:
     """Fraction of predictions equal to the labels."""
-    import torch
-
     predictions, labels = torch.as_tensor(predictions), torch.as_tensor(labels)
     if predictions.shape != labels.shape:
         raise ValueError(
@@ -385,8 +379,6 @@ VERBALIZERS = {
 
 def soft_prompt_model(model, num_virtual_tokens: int = 8, init_text: str | None = None):
     """Wrap `model` with a peft prompt-tuning soft prompt (initialised from `init_text` when given)."""
-    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
-
     kwargs = dict(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual_tokens)
     if init_text:
         kwargs.update(
@@ -411,15 +403,12 @@ def train_soft_prompt(
     seed=0,
 ):
     """Train only the soft prompt: cross-entropy on the label word after the filled template; returns losses."""
-    import torch
-
     words = [encode(tokenizer, w) for w in verbalizer.first_words()]
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     peft_model.train()
     losses = []
-    from .device import progress
 
     for _ in progress(range(steps), "soft prompt"):
         idx = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
@@ -427,10 +416,10 @@ def train_soft_prompt(
         for i in idx:
             prompt = encode(tokenizer, template.split(texts[i])[0])[-(max_length - len(words[labels[i]])) :]
             seqs.append(prompt + words[labels[i]])
-            targets.append([-100] * len(prompt) + words[labels[i]])  # loss on the label word only
+            targets.append([IGNORE_INDEX] * len(prompt) + words[labels[i]])  # loss on the label word only
         device = next(peft_model.parameters()).device
         ids, mask = _pad_batch(seqs, tokenizer.pad_token_id, "right", device)
-        target = torch.full_like(ids, -100)
+        target = torch.full_like(ids, IGNORE_INDEX)
         for row, t in enumerate(targets):
             target[row, : len(t)] = torch.tensor(t)
         loss = peft_model(input_ids=ids, attention_mask=mask, labels=target).loss

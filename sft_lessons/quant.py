@@ -5,7 +5,14 @@ Codes are kept one per uint8 (easy to read); `pack_4bit` packs two per byte the 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .device import get_device
+from .models import quiet_from_pretrained, resolve
 
 NF4_OFFSET = 0.9677083  # outermost quantile used by QLoRA / bitsandbytes' create_normal_map
 BLOCKSIZE = 64  # QLoRA's first-level block size
@@ -15,8 +22,6 @@ FORMATS = ("nf4", "fp4", "int8")
 
 def nf4_levels(offset: float = NF4_OFFSET):
     """(16,) sorted NF4 code book in [-1, 1]: N(0,1) quantiles, 7 negative, an exact 0 and 8 positive values."""
-    import torch
-
     # 8 positive quantiles between `offset` and the median, 7 negative ones; the median itself is the shared 0.
     positive = torch.special.ndtri(torch.linspace(offset, 0.5, 9, dtype=torch.float64)[:-1])  # (8,)
     negative = -torch.special.ndtri(torch.linspace(offset, 0.5, 8, dtype=torch.float64)[:-1])  # (7,)
@@ -26,8 +31,6 @@ def nf4_levels(offset: float = NF4_OFFSET):
 
 def fp4_levels():
     """(16,) sorted FP4 (1 sign, 2 exponent, 1 mantissa bit) code book in [-1, 1], bitsandbytes' variant (+0 and -0)."""
-    import torch
-
     # subnormals 0 and 0.0625, then 2^e * {1, 1.5}; divided by 12 so the largest is 1
     magnitudes = torch.tensor([0.0, 0.0625, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0])
     return (torch.cat([-magnitudes, magnitudes]) / 12.0).sort().values
@@ -35,8 +38,6 @@ def fp4_levels():
 
 def int8_levels():
     """(255,) symmetric linear int8 code book k/127, k = -127..127 (absmax int8 quantization)."""
-    import torch
-
     return torch.arange(-127, 128, dtype=torch.float32) / 127
 
 
@@ -85,8 +86,6 @@ class QuantizedTensor:
 
 def _blocks(x, blocksize: int):
     """Flatten and zero-pad to whole blocks -> (n_blocks, blocksize); zeros never change a block's absmax."""
-    import torch
-
     if blocksize <= 0:
         raise ValueError(f"blocksize must be a positive integer, got {blocksize!r}")
     flat = x.detach().reshape(-1).float()
@@ -96,8 +95,6 @@ def _blocks(x, blocksize: int):
 
 def nearest_level(scaled, levels):
     """Index of the nearest code-book value for each element of `scaled` (ties go to the lower level)."""
-    import torch
-
     midpoints = (levels[1:] + levels[:-1]) / 2  # decision boundaries between sorted levels
     return torch.bucketize(scaled.contiguous(), midpoints.to(scaled.device)).to(torch.uint8)
 
@@ -124,8 +121,6 @@ def dequantize_blockwise(q: QuantizedTensor):
 
 def double_quantize(absmax, dq_blocksize: int = DQ_BLOCKSIZE) -> DoubleQuantState:
     """Quantize the fp32 absmax constants again: subtract their mean, then int8 absmax blocks of `dq_blocksize`."""
-    import torch
-
     offset = absmax.float().mean().item()
     blocks = _blocks(absmax - offset, dq_blocksize)  # (n_dq_blocks, dq_blocksize)
     scales = blocks.abs().amax(dim=1).clamp(min=1e-12)
@@ -135,8 +130,6 @@ def double_quantize(absmax, dq_blocksize: int = DQ_BLOCKSIZE) -> DoubleQuantStat
 
 def double_dequantize(state: DoubleQuantState):
     """(n_blocks,) float32 absmax reconstructed from its int8 codes, scales and offset."""
-    import torch
-
     n = state.codes.numel()
     pad = (-n) % state.dq_blocksize
     codes = torch.nn.functional.pad(state.codes.float(), (0, pad)).view(-1, state.dq_blocksize)
@@ -171,8 +164,6 @@ def bits_per_parameter(
 
 def pack_4bit(codes):
     """(2n,) uint8 codes in 0..15 -> (n,) bytes, first code in the high nibble (bitsandbytes' layout)."""
-    import torch
-
     if codes.numel() % 2:
         codes = torch.nn.functional.pad(codes, (0, 1))
     return (codes[0::2] << 4) | codes[1::2]
@@ -180,8 +171,6 @@ def pack_4bit(codes):
 
 def unpack_4bit(packed):
     """(n,) bytes -> (2n,) uint8 codes, the inverse of pack_4bit."""
-    import torch
-
     return torch.stack([packed >> 4, packed & 0xF], dim=-1).reshape(-1)
 
 
@@ -201,8 +190,6 @@ def quantization_error(x, fmt: str = "nf4", blocksize: int = BLOCKSIZE) -> dict:
 
 def import_bitsandbytes():
     """Import bitsandbytes with its CPU 'kernels-community' fallback warning silenced."""
-    import logging
-
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     import bitsandbytes
 
@@ -226,12 +213,6 @@ def bnb_quantize_4bit(x, quant_type: str = "nf4", blocksize: int = BLOCKSIZE, do
 
 def load_quantized_causal_lm(name: str, quantization_config, device=None):
     """(model, tokenizer) with bitsandbytes-quantized linear layers, e.g. a BitsAndBytesConfig(load_in_4bit=True)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .device import get_device
-    from .models import _quiet_from_pretrained, resolve
-
     import_bitsandbytes()
     path = resolve(name)
     device = torch.device(device or get_device())
@@ -240,7 +221,7 @@ def load_quantized_causal_lm(name: str, quantization_config, device=None):
         tokenizer.pad_token = tokenizer.eos_token
     compute = getattr(quantization_config, "bnb_4bit_compute_dtype", None) or torch.float32
     target = (device.index or 0) if device.type == "cuda" else device.type  # where the weights go
-    model = _quiet_from_pretrained(
+    model = quiet_from_pretrained(
         AutoModelForCausalLM,
         path,
         quantization_config=quantization_config,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .data import IGNORE_INDEX
+
 FORMATS = ("alpaca", "sharegpt", "messages", "rm_static")
 FORMAT_FIELDS = {
     "alpaca": {
@@ -17,7 +19,6 @@ FORMAT_FIELDS = {
 OWN_FIELDS = {"alpaca": ("instruction", "input", "output"), "rm_static": ("prompt", "response", "chosen")}
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 SHAREGPT_ALIASES = {"user": "human", "assistant": "gpt"}  # BELLE writes "assistant"; read as "gpt"
-IGNORE_INDEX = -100  # labels with this value add nothing to the cross-entropy loss
 
 
 class ConversionError(ValueError):

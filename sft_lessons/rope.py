@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 LAYOUTS = ("half", "interleaved")
 
 
 def rope_frequencies(head_dim: int, theta: float = 10_000.0):
     """(head_dim/2,) inverse frequencies theta^(-2i/d): pair i turns by inv_freq[i] radians per token."""
-    import torch
-
     if head_dim <= 0 or head_dim % 2:
         raise ValueError(f"head_dim must be a positive even number, got {head_dim!r}")
     return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
@@ -43,8 +43,6 @@ def apply_rope(x, positions, inv_freq, layout: str = "half", attention_scaling: 
 
     layout="half" pairs dimension i with i + d/2 (transformers' Llama); "interleaved" pairs 2i with 2i+1 (the paper).
     """
-    import torch
-
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
     if x.shape[-1] != 2 * inv_freq.shape[0]:
@@ -61,8 +59,6 @@ def apply_rope(x, positions, inv_freq, layout: str = "half", attention_scaling: 
 
 def interleaved_to_half(x):
     """(..., d) reorder [x0, x1, x2, x3, ...] -> [x0, x2, ..., x1, x3, ...]: the paper's pairs become halves."""
-    import torch
-
     return torch.cat((x[..., 0::2], x[..., 1::2]), dim=-1)
 
 
@@ -107,8 +103,6 @@ def yarn_frequencies(head_dim, theta, factor, original_length, beta_fast=32.0, b
     The paper ramps on r = original_length / wavelength; the reference code (and transformers) ramps linearly in the
     pair index between the pairs where r = beta_fast and r = beta_slow. We follow the code.
     """
-    import torch
-
     _check_factor(factor)
     base = rope_frequencies(head_dim, theta)
     low, high = yarn_correction_range(head_dim, theta, original_length, beta_fast, beta_slow)
@@ -156,8 +150,6 @@ def rope_parameters_for(method: str, factor: float, theta: float, original_lengt
 
 def alibi_slopes(num_heads: int):
     """(heads,) ALiBi slopes: 2^(-8/n), 2^(-16/n), ..., interleaving the next power of two's for other counts."""
-    import torch
-
     if num_heads <= 0:
         raise ValueError(f"num_heads must be positive, got {num_heads!r}")
     closest = 2 ** math.floor(math.log2(num_heads))
@@ -168,8 +160,6 @@ def alibi_slopes(num_heads: int):
 
 def alibi_bias(num_heads: int, q_len: int, k_len: int | None = None):
     """(heads, q_len, k_len) additive bias -slope * (i - j), -inf above the diagonal (causal)."""
-    import torch
-
     k_len = q_len if k_len is None else k_len
     i = torch.arange(k_len - q_len, k_len)[:, None]  # query positions (the last q_len of k_len)
     j = torch.arange(k_len)[None, :]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+
+import torch
+
+from .device import progress
 
 SEED_TASK_FIELDS = {"id": str, "name": str, "instruction": str, "instances": list, "is_classification": bool}
 
@@ -175,8 +180,6 @@ def instance_demos(seeds: list[dict]) -> dict[bool, list[dict]]:
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, seed: int = 0, **sampling):
     """Seeded, batched sampling -> [(completion, truncated)]; truncated means it stopped at max_new_tokens."""
-    import torch
-
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # decoder-only models continue on the right
     batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
     tokenizer.padding_side = side
@@ -195,10 +198,6 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, see
 
 def yes_probability(model, tokenizer, prefix: str, queries: list[str]) -> list[float]:
     """P(' Yes') / (P(' Yes') + P(' No')) after prefix + query; the shared prefix is encoded once (KV cache)."""
-    import copy
-
-    import torch
-
     yes, no = (tokenizer.encode(w, add_special_tokens=False)[0] for w in (" Yes", " No"))
     pre = tokenizer(prefix, return_tensors="pt").to(model.device)
     side, tokenizer.padding_side = tokenizer.padding_side, "right"  # each row's last real token answers
@@ -296,7 +295,6 @@ def run_self_instruct(model, tokenizer, seeds: list[dict], config: SelfInstructC
         )
     result.clf_threshold = threshold
     demo_tasks = instance_demos(seeds)
-    from .device import progress
 
     for rnd in progress(range(cfg.rounds), "self-instruct rounds"):
         machine = [t["instruction"] for t in result.tasks]

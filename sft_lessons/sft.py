@@ -9,12 +9,30 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
 
-from .dschat import END_OF_CONVERSATION_TOKEN, parse_data_split
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data.distributed import DistributedSampler
+from transformers import default_data_collator, get_scheduler
+
+from .device import get_device, progress, quiet, set_seed, tell_deepspeed
+from .dschat import (
+    END_OF_CONVERSATION_TOKEN,
+    create_prompt_dataset,
+    end_of_conversation_ids,
+    load_hf_tokenizer,
+    parse_data_split,
+    save_hf_format,
+)
+from .lora import convert_linear_layer_to_lora, convert_lora_to_linear_layer, only_optimize_lora_parameters
+from .models import quiet_from_pretrained, resolve, tiny_causal_lm, tiny_tokenizer
 from .padding import LengthGroupedBatches, trim_padding
+from .paths import build_dir
+from .sft_eval import perplexity
 
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -125,8 +143,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def init_distributed(device) -> int:
     """deepspeed.init_distributed for this process (gloo on CPU, NCCL on GPU); returns the world size."""
-    import socket
-
     import deepspeed
 
     if "RANK" not in os.environ:  # plain `python`: a one-process group on a free local port
@@ -201,9 +217,6 @@ class SFTResult:
 
 def _load(args, model, tokenizer):
     """(model, tokenizer): the given ones, the tiny test pair, or the checkpoint named by --model_name_or_path."""
-    from .dschat import load_hf_tokenizer
-    from .models import _quiet_from_pretrained, resolve, tiny_causal_lm, tiny_tokenizer
-
     if args.test_mode and model is None:
         tokenizer = tokenizer or tiny_tokenizer()
         model = tiny_causal_lm("llama", seed=args.seed, vocab_size=len(tokenizer))
@@ -215,7 +228,7 @@ def _load(args, model, tokenizer):
         from transformers import AutoModelForCausalLM
 
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-        model = _quiet_from_pretrained(AutoModelForCausalLM, resolve(args.model_name_or_path), dtype=dtype)
+        model = quiet_from_pretrained(AutoModelForCausalLM, resolve(args.model_name_or_path), dtype=dtype)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # a marker added as a new token
         model.resize_token_embeddings(int(8 * math.ceil(len(tokenizer) / 8.0)))
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -225,20 +238,7 @@ def _load(args, model, tokenizer):
 def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
     """Run DeepSpeed-Chat step 1 on one process (or one rank): data, LoRA, deepspeed.initialize, train, eval, save."""
     import deepspeed
-    import torch
-    from torch.utils.data import DataLoader, RandomSampler
-    from torch.utils.data.distributed import DistributedSampler
-    from transformers import default_data_collator, get_scheduler
 
-    from .device import get_device, progress, set_seed, tell_deepspeed
-    from .dschat import create_prompt_dataset, end_of_conversation_ids, save_hf_format
-    from .lora import (
-        convert_linear_layer_to_lora,
-        convert_lora_to_linear_layer,
-        only_optimize_lora_parameters,
-    )
-    from .paths import build_dir
-    from .sft_eval import perplexity
 
     device = get_device()
     if device.type == "cuda" and args.local_rank >= 0:
@@ -349,8 +349,6 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
 
 def main(argv=None) -> int:
     """Command-line entry point; bad arguments print one clear line and exit with status 2."""
-    from .device import quiet
-
     parser = build_parser()
     try:
         args = parse_args(argv)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 import re
 
+import torch
+from transformers import StoppingCriteria
+
+from .data import IGNORE_INDEX
 from .padding import trim_padding
 
 ANSWER_LINE = re.compile(r" Answer: ([^\n]+)\.")  # line 1: " Answer: <one sentence>."
@@ -56,9 +60,6 @@ def clean_stop(text: str, stopped: bool) -> bool:
 
 def _stopping_criteria(stop_sequences: list[list[int]], prompt_width: int):
     """A transformers StoppingCriteria that ends a row once its generated tokens end with any of the sequences."""
-    import torch
-    from transformers import StoppingCriteria
-
     class StopOnSequences(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
             done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -84,8 +85,6 @@ def generate_responses(
     model, tokenizer, prompts, stop_sequences, max_new_tokens=60, batch_size=25, **generate_kwargs
 ):
     """[{'text', 'stopped', 'new_tokens'}] per prompt: batched (left-padded) generation, greedy unless told otherwise."""
-    import torch
-
     stop_sequences = [list(s) for s in stop_sequences]
     single = sorted({s[0] for s in stop_sequences if len(s) == 1})
     multi = [s for s in stop_sequences if len(s) > 1]
@@ -123,8 +122,6 @@ def style_metrics(results: list[dict]) -> dict:
 
 def perplexity(model, dataset, batch_size: int = 16) -> float:
     """exp(mean next-token loss) over the labelled (non -100) tokens of a phase-1 dataset, token-weighted."""
-    import torch
-
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
@@ -132,7 +129,7 @@ def perplexity(model, dataset, batch_size: int = 16) -> float:
         for start in range(0, len(dataset), batch_size):
             batch = trim_padding({k: v[start : start + batch_size] for k, v in dataset.tensors.items()})
             batch = {k: v.to(model.device) for k, v in batch.items()}
-            n = int((batch["labels"][:, 1:] != -100).sum())  # targets after the causal shift
+            n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # targets after the causal shift
             total += float(model(**batch, use_cache=False).loss) * n
             count += n
     model.train(was_training)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .device import tell_deepspeed
+
 MODEL_CONFIGS = {  # values from each model's config.json on the Hugging Face hub
     "opt-350m": dict(model_type="opt", hidden_size=1024, ffn_dim=4096, num_hidden_layers=24, num_attention_heads=16,
                      vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=512,
@@ -16,9 +21,6 @@ MODEL_CONFIGS = {  # values from each model's config.json on the Hugging Face hu
 
 def count_params_from_config(config: dict) -> tuple[int, int]:
     """(total, largest single module) parameter counts of a model built on the meta device: no weights, no download."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     config = dict(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
@@ -29,8 +31,6 @@ def count_params_from_config(config: dict) -> tuple[int, int]:
 
 def zero_model_state_bytes(total, largest, stage, offload, num_gpus=1) -> tuple[int, int]:
     """(GPU bytes per GPU, CPU bytes) for params, gradients and Adam states under ZeRO `stage` (mixed precision)."""
-    from .device import tell_deepspeed
-
     tell_deepspeed()  # before importing deepspeed, so it does not guess the accelerator and warn
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from sft_lessons import bench, cli
+from sft_lessons.course import bench, cli
 
 
 @pytest.mark.slow

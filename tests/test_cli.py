@@ -2,7 +2,7 @@ import nbformat
 import psutil
 import pytest
 
-from sft_lessons import cli
+from sft_lessons.course import cli, notebooks
 
 
 def _nb(path, source):
@@ -15,20 +15,20 @@ def _nb(path, source):
 def test_select_notebooks_by_number_and_prefix(tmp_path):
     for name in ("00_overview", "01_prompt", "03_lora"):
         _nb(tmp_path / f"{name}.ipynb", "1")
-    assert [p.stem for p in cli.select_notebooks([], tmp_path)] == ["00_overview", "01_prompt", "03_lora"]
-    assert [p.stem for p in cli.select_notebooks(["3", "00"], tmp_path)] == ["03_lora", "00_overview"]
+    assert [p.stem for p in notebooks.select_notebooks([], tmp_path)] == ["00_overview", "01_prompt", "03_lora"]
+    assert [p.stem for p in notebooks.select_notebooks(["3", "00"], tmp_path)] == ["03_lora", "00_overview"]
     with pytest.raises(SystemExit, match="available"):
-        cli.select_notebooks(["9"], tmp_path)
+        notebooks.select_notebooks(["9"], tmp_path)
 
 
 def test_execute_notebook_writes_outputs_and_cleans_stderr(tmp_path):
     src = tmp_path / "00_demo.ipynb"
     _nb(src, "import sys\nprint('hello')\nprint('noise', file=sys.stderr)")
-    status, seconds, nb = cli.execute_notebook(src, tmp_path / "out" / "00_demo.ipynb", timeout=120)
+    status, seconds, nb = notebooks.execute_notebook(src, tmp_path / "out" / "00_demo.ipynb", timeout=120)
     assert status == "ok" and seconds > 0
     assert (tmp_path / "out" / "00_demo.ipynb").exists()
     assert "execution" in nb.cells[0].metadata  # nbclient records timestamps
-    cli.clean_outputs(nb)
+    notebooks.clean_outputs(nb)
     assert [o["text"] for o in nb.cells[0].outputs] == ["hello\n"]
     assert "execution" not in nb.cells[0].metadata
 
@@ -37,7 +37,7 @@ def test_kernels_run_without_the_tcp_warning(tmp_path, capfd):
     src = tmp_path / "00_demo.ipynb"
     _nb(src, "print(1)")
     children = {p.pid for p in psutil.Process().children(recursive=True)}
-    assert cli.execute_notebook(src, tmp_path / "out.ipynb", timeout=120)[0] == "ok"
+    assert notebooks.execute_notebook(src, tmp_path / "out.ipynb", timeout=120)[0] == "ok"
     assert "without encryption" not in capfd.readouterr().err
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in children and p.is_running()]
     assert not [p for p in left if p.status() != psutil.STATUS_ZOMBIE], "the kernel was not shut down"

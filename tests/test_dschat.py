@@ -209,7 +209,7 @@ def test_save_hf_format_complete_and_reloadable(tmp_path, tok):
 
 
 def test_exercise_07_1_split_indices():
-    from sft_lessons import exercises, solutions
+    from sft_lessons.course import exercises, solutions
 
     assert exercises.check("07.1", solutions.split_indices).startswith("correct")
     assert exercises.check("07.1", split_indices).startswith("correct")
@@ -228,7 +228,7 @@ def test_exercise_07_1_split_indices():
 
 
 def test_exercise_07_2_first_stop():
-    from sft_lessons import exercises, solutions
+    from sft_lessons.course import exercises, solutions
     from sft_lessons.sft_eval import _first_stop
 
     assert exercises.check("07.2", solutions.first_stop) == "correct"

@@ -1,6 +1,6 @@
 import pytest
 
-from sft_lessons import exercises
+from sft_lessons.course import exercises
 
 
 def test_registry_and_check(monkeypatch):
@@ -25,7 +25,7 @@ def test_expect_close_reports_shapes():
 
 
 def test_every_registered_exercise_has_a_stub_and_a_solution():
-    import sft_lessons.solutions  # noqa: F401  (importable)
+    import sft_lessons.course.solutions  # noqa: F401  (importable)
 
     for ex in exercises.EXERCISES.values():
         assert "TODO" in ex.stub, ex.key
@@ -36,7 +36,7 @@ CHAPTER_04 = [("04.1", "nf4_dequantize_answer"), ("04.2", "lora_trainable_params
 
 @pytest.mark.parametrize("key, answer", CHAPTER_04)
 def test_chapter_04_solutions_pass_and_stubs_fail(key, answer):
-    import sft_lessons.solutions as solutions
+    import sft_lessons.course.solutions as solutions
 
     assert exercises.check(key, getattr(solutions, answer)).startswith("correct")
     namespace = {}

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sft_lessons import lora
+from sft_lessons import lora, timing
 from sft_lessons.lora import (
     LinearLayer_LoRA,
     convert_linear_layer_to_lora,
@@ -214,7 +214,7 @@ def test_full_finetune_delta_restores_the_weight():
 
 def test_time_interleaved_returns_medians():
     calls = []
-    medians = lora.time_interleaved(
+    medians = timing.time_interleaved(
         {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3
     )
     assert set(medians) == {"a", "b"} and calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
@@ -240,8 +240,8 @@ def test_unknown_model_type_and_target():
 
 
 def test_chapter_03_exercises_accept_the_solutions_and_catch_common_mistakes():
-    from sft_lessons import solutions
-    from sft_lessons.exercises import ExerciseFailed, check
+    from sft_lessons.course import solutions
+    from sft_lessons.course.exercises import ExerciseFailed, check
 
     check("03.1", solutions.lora_forward)
     check("03.2", solutions.lora_num_params)

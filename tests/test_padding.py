@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sft_lessons import padding
+from sft_lessons.course import bench
 from sft_lessons.models import tiny_tokenizer
 
 
@@ -38,9 +39,9 @@ def test_length_grouped_batches():
 
 
 def test_compare_padding_quick(tok):
-    r = padding.compare_padding(tok, max_seq_len=384, quick=True, batch_size=4, n_batches=2)
+    r = bench.compare_padding(tok, max_seq_len=384, quick=True, batch_size=4, n_batches=2)
     assert r["loss_equal"] is True and r["max_loss_diff"] <= 1e-4
-    fractions = {s: r[s]["padding_fraction"] for s in padding.PADDING_SCHEMES}
+    fractions = {s: r[s]["padding_fraction"] for s in bench.PADDING_SCHEMES}
     assert fractions["max_length"] > fractions["longest"] >= fractions["longest_grouped"] >= 0
     assert r["max_length"]["epoch_padding_fraction"] > r["longest"]["epoch_padding_fraction"]
     assert r["faster"] in ("longest", "longest_grouped")
@@ -48,5 +49,5 @@ def test_compare_padding_quick(tok):
     assert r["records"] + r["dropped"] == 280
     json.dumps(r)  # JSON-ready
     with pytest.raises(ValueError, match="max_seq_len=16 keeps 0 of 280 records"):
-        padding.compare_padding(tok, max_seq_len=16, quick=True)
+        bench.compare_padding(tok, max_seq_len=16, quick=True)
 

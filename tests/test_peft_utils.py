@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from sft_lessons import peft_utils as U
+from sft_lessons.memory import count_parameters
 from sft_lessons.models import tiny_causal_lm
 
 peft = pytest.importorskip("peft")
@@ -90,7 +91,7 @@ def test_trainable_parameters_and_saved_size():
     model = peft.get_peft_model(
         tiny_causal_lm("llama", seed=0), peft.LoraConfig(r=4, target_modules=["q_proj"])
     )
-    trainable, total = U.trainable_parameters(model)
+    trainable, total = (count_parameters(model), count_parameters(model, trainable_only=False))
     assert trainable == 2 * 4 * (64 + 64)  # 2 layers, q_proj is 64 -> 64: r * (d + k)
     assert total > trainable
     assert trainable * 4 < U.saved_size_bytes(model) < trainable * 4 + 20_000  # weights + json metadata

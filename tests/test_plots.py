@@ -2,7 +2,8 @@ import pandas as pd
 import pytest
 import torch
 
-from sft_lessons import lora, plots
+from sft_lessons import lora
+from sft_lessons.course import plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -1,8 +1,8 @@
 import pytest
 
 from sft_lessons import self_instruct as si
+from sft_lessons.course.exercises import ROUGE_L_CASES
 from sft_lessons.data import DataFormatError, data_path, load_jsonl
-from sft_lessons.exercises import ROUGE_L_CASES
 
 
 @pytest.fixture(scope="module")

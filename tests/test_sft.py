@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft_lessons import cli, sft
+from sft_lessons import sft
+from sft_lessons.course import cli
 from sft_lessons.lora import convert_linear_layer_to_lora
 from sft_lessons.models import tiny_causal_lm
 

@@ -1,22 +1,22 @@
 """The exported reveal.js decks, opened in a real headless Chromium: slide count, title, images, no JS errors."""
 
 import json
-import os
 import shutil
 import time
 
 import nbformat
 import pytest
 
-from sft_lessons import course
-from sft_lessons.cli import select_notebooks
+from sft_lessons.course import notebooks as course
+from sft_lessons.course.notebooks import select_notebooks
 from sft_lessons.paths import build_dir, notebooks_dir
+from sft_lessons.settings import require_browser
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 NOTEBOOKS = select_notebooks([], notebooks_dir())
 
 MISSING = "Chromium missing: apt-get install chromium chromium-driver (.ci/run does)"
-if os.environ.get("SFT_LESSONS_REQUIRE_BROWSER") and not (CHROMIUM and CHROMEDRIVER):
+if require_browser() and not (CHROMIUM and CHROMEDRIVER):
     raise RuntimeError(MISSING + "; SFT_LESSONS_REQUIRE_BROWSER is set, so the test may not skip")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=MISSING)
 

@@ -1,13 +1,23 @@
 """Plots of results measured in the notebooks (English labels); diagrams that need no data live in figures.py.
 
-Functions that return a figure show it inline; those with `out_dir` also save it into images/ and return the path.
+Functions that return a figure show it inline; those with `out_dir` save a PNG (default: build/plots/, never the
+tracked images/ folder, so running a notebook leaves `git status` clean) and return its path.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .figures import _figure, _out, _save
+from ..data import IGNORE_INDEX
+from ..paths import build_dir
+from .figures import new_figure, save_figure
+
+
+def plot_path(name: str, out_dir=None) -> Path:
+    """Where a plot of measured results goes: out_dir, or build/plots/ (git-ignored)."""
+    folder = Path(out_dir) if out_dir else build_dir() / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
 
 
 # ---- chapter 03: LoRA math ----
@@ -49,8 +59,8 @@ def singular_value_plot(spectra: dict, r: int = 8):
 
 # ---- chapter 04: LoRA variants ----
 def training_curves(results: dict, out_dir=None, name: str = "full_vs_lora_curves.png") -> Path:
-    """Training loss per logged step and eval accuracy per epoch, one line per run -> images/<name>."""
-    fig, (ax_loss, ax_acc) = _figure(1, 2, figsize=(10, 3.4))
+    """Training loss per logged step and eval accuracy per epoch, one line per run -> build/plots/<name>."""
+    fig, (ax_loss, ax_acc) = new_figure(1, 2, figsize=(10, 3.4))
     for label, res in results.items():
         steps, losses = zip(*res["train_loss"], strict=True)
         ax_loss.plot(steps, losses, marker=".", label=label)
@@ -62,14 +72,14 @@ def training_curves(results: dict, out_dir=None, name: str = "full_vs_lora_curve
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, _out(name, out_dir))
+    return save_figure(fig, plot_path(name, out_dir))
 
 
 def adalora_ranks(table, history, out_dir=None) -> Path:
     """AdaLoRA's final rank per layer and module (heatmap); scheduled budget and live singular values per step."""
     import numpy as np
 
-    fig, (ax_map, ax_budget) = _figure(1, 2, figsize=(10.5, 3.4), gridspec_kw={"width_ratios": [1.3, 1]})
+    fig, (ax_map, ax_budget) = new_figure(1, 2, figsize=(10.5, 3.4), gridspec_kw={"width_ratios": [1.3, 1]})
     image = ax_map.imshow(table.values, cmap="viridis", aspect="auto", vmin=0)
     ax_map.set_xticks(range(table.shape[1]), table.columns, rotation=30, fontsize=8)
     ax_map.set_yticks(range(table.shape[0]), [f"layer {i}" for i in table.index], fontsize=8)
@@ -84,13 +94,13 @@ def adalora_ranks(table, history, out_dir=None) -> Path:
     ax_budget.set(xlabel="optimizer step", ylabel="total rank (all matrices)", title="budget schedule")
     ax_budget.legend(fontsize=8)
     ax_budget.grid(alpha=0.3)
-    return _save(fig, _out("adalora_ranks.png", out_dir))
+    return save_figure(fig, plot_path("adalora_ranks.png", out_dir))
 
 
 def memory_breakdown(rows: dict, out_dir=None, name: str = "memory_65b.png", unit: float = 1e9) -> Path:
     """Stacked bars of an estimate_training_memory breakdown per setting (values in `unit`, GB by default)."""
     parts = ["weights", "quant_constants", "gradients", "optimizer_states", "master_weights", "activations"]
-    fig, ax = _figure(figsize=(7.5, 3.4))
+    fig, ax = new_figure(figsize=(7.5, 3.4))
     bottom = [0.0] * len(rows)
     for part in parts:
         values = [row.get(part, 0) / unit for row in rows.values()]
@@ -101,7 +111,7 @@ def memory_breakdown(rows: dict, out_dir=None, name: str = "memory_65b.png", uni
     ax.invert_yaxis()
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, axis="x")
-    return _save(fig, _out(name, out_dir))
+    return save_figure(fig, plot_path(name, out_dir))
 
 
 # ---- chapter 05: context extension ----
@@ -154,9 +164,9 @@ def plot_finetune_curves(curves, title="fine-tuning at 256 tokens"):
 
 # ---- chapter 06: instruction data ----
 def curation_funnel(funnel: list[tuple[str, int]], out_dir=None) -> Path:
-    """Records left after each curation stage, as horizontal bars -> images/curation_funnel.png."""
+    """Records left after each curation stage, as horizontal bars -> build/plots/curation_funnel.png."""
     names, counts = zip(*funnel, strict=True)
-    fig, ax = _figure(figsize=(7, 3.4))
+    fig, ax = new_figure(figsize=(7, 3.4))
     bars = ax.barh(range(len(counts)), counts, color="#6fa8dc")
     ax.set_yticks(range(len(names)), [f"after {n}" if i else n for i, n in enumerate(names)])
     ax.invert_yaxis()
@@ -165,15 +175,15 @@ def curation_funnel(funnel: list[tuple[str, int]], out_dir=None) -> Path:
     ax.set_xlabel("records left")
     ax.set_title("Curation funnel on raw_qa_pool.jsonl")
     ax.set_xlim(0, max(counts) * 1.12)
-    return _save(fig, _out("curation_funnel.png", out_dir))
+    return save_figure(fig, plot_path("curation_funnel.png", out_dir))
 
 
 def dataset_catalogue(rows: list[dict], out_dir=None) -> Path:
-    """Open instruction datasets: size (log scale) by year, coloured by construction method -> images/."""
+    """Open instruction datasets: size (log scale) by year, coloured by construction method -> build/plots/."""
     colors = {"human": "#38761d", "model": "#cc0000", "template": "#1155cc", "mixed": "#b45f06"}
     plotted = [r for r in rows if isinstance(r["size"], (int, float)) and r["size"] > 0]  # NaN > 0 is False
     plotted.sort(key=lambda r: (r["year"], r["size"]))
-    fig, ax = _figure(figsize=(10, 4.8))
+    fig, ax = new_figure(figsize=(10, 4.8))
     for x, r in enumerate(plotted):  # one slot per dataset, grouped by year
         ax.scatter(x, r["size"], color=colors[r["method"]], s=45, zorder=3)
         ax.annotate(
@@ -196,37 +206,37 @@ def dataset_catalogue(rows: list[dict], out_dir=None) -> Path:
     ax.set_title("Open instruction datasets by year and construction method")
     ax.legend(title="how built", fontsize=8, loc="upper left")
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, _out("instruction_datasets.png", out_dir))
+    return save_figure(fig, plot_path("instruction_datasets.png", out_dir))
 
 
 # ---- chapter 07: DeepSpeed-Chat SFT ----
 def sft_label_mask(tokens: list[str], labels: list[int], attention_mask: list[int], out_dir=None) -> Path:
-    """One record's tokens coloured by role: prompt (-100), answer (learnt), padding (-100) -> images/."""
+    """One record's tokens coloured by role: prompt (-100), answer (learnt), padding (-100) -> build/plots/."""
     import matplotlib.patches
 
     per_row = 16
     rows = (len(tokens) + per_row - 1) // per_row
-    fig, ax = _figure(figsize=(12, 0.42 * rows + 0.6))
+    fig, ax = new_figure(figsize=(12, 0.42 * rows + 0.6))
     ax.set_xlim(0, per_row)
     ax.set_ylim(rows, -0.8)
     ax.axis("off")
     colors = {"prompt": "#dddddd", "target": "#b6d7a8", "padding": "#ffffff"}
     for i, (tok, lab, att) in enumerate(zip(tokens, labels, attention_mask, strict=True)):
-        kind = "padding" if not att else "prompt" if lab == -100 else "target"
+        kind = "padding" if not att else "prompt" if lab == IGNORE_INDEX else "target"
         r, c = divmod(i, per_row)
         ax.add_patch(matplotlib.patches.Rectangle((c + 0.03, r + 0.05), 0.94, 0.9, fc=colors[kind], ec="#999999", lw=0.5))
         ax.text(c + 0.5, r + 0.5, tok.replace("\n", "\\n")[:9], ha="center", va="center", fontsize=7)
     handles = [matplotlib.patches.Rectangle((0, 0), 1, 1, fc=colors[k], ec="#999999") for k in colors]
-    labels_txt = ["prompt: label -100", "answer + end marker: learnt", "padding: label -100"]
+    labels_txt = ["prompt: label IGNORE_INDEX", "answer + end marker: learnt", "padding: label IGNORE_INDEX"]
     ax.legend(
         handles, labels_txt, loc="upper left", bbox_to_anchor=(0, 1.0), ncol=3, fontsize=8, frameon=False
     )
-    return _save(fig, _out("sft_label_mask.png", out_dir))
+    return save_figure(fig, plot_path("sft_label_mask.png", out_dir))
 
 
 def sft_loss_curve(history: list[dict], perplexity: list, out_dir=None) -> Path:
-    """Training loss per optimizer step and held-out perplexity per epoch -> images/sft_loss_curve.png."""
-    fig, (ax1, ax2) = _figure(1, 2, figsize=(9, 3.2))
+    """Training loss per optimizer step and held-out perplexity per epoch -> build/plots/sft_loss_curve.png."""
+    fig, (ax1, ax2) = new_figure(1, 2, figsize=(9, 3.2))
     ax1.plot([h["step"] for h in history], [h["loss"] for h in history], marker=".")
     ax1.set(xlabel="optimizer step", ylabel="training loss (answer tokens)", title="SFT loss")
     ax1.grid(alpha=0.3)
@@ -236,4 +246,4 @@ def sft_loss_curve(history: list[dict], perplexity: list, out_dir=None) -> Path:
     ax2.set_xticks(list(epochs))
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, _out("sft_loss_curve.png", out_dir))
+    return save_figure(fig, plot_path("sft_loss_curve.png", out_dir))

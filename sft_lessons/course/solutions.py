@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import random
+import re
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import IGNORE_INDEX
+
 
 # ---- chapter 01: prompt learning ----
 def calibrated_predictions(log_probs, content_free_log_probs):
@@ -13,8 +23,6 @@ def calibrated_predictions(log_probs, content_free_log_probs):
 
 def label_scores(token_log_probs, aggregate="sum"):
     """token_log_probs[label][word] = 1-D per-token log-probs -> (L,) label scores."""
-    import torch
-
     def word(lp):
         return lp.sum() if aggregate == "sum" else lp.mean()
 
@@ -24,8 +32,6 @@ def label_scores(token_log_probs, aggregate="sum"):
 # ---- chapter 02: in-context learning ----
 def sample_balanced_demos(pool, k, seed=0):
     """k (even) demonstrations from `pool` (a list of (text, label) pairs), k/2 per label, shuffled, seeded."""
-    import random
-
     if k % 2:
         raise ValueError(f"k={k}: a balanced set over 2 labels needs an even k")
     rng = random.Random(seed)
@@ -46,8 +52,6 @@ def my_icl_prompt(demos, query):
 # ---- chapter 03: LoRA math ----
 def lora_forward(x, weight, bias, lora_A, lora_B, scaling):
     """(..., k) -> (..., d): W0 x + bias + scaling * B A x; weight (d, k), lora_A (r, k), lora_B (d, r)."""
-    import torch.nn.functional as F
-
     return F.linear(x, weight, bias) + scaling * F.linear(F.linear(x, lora_A), lora_B)
 
 
@@ -74,8 +78,6 @@ def nf4_dequantize_answer(codes, absmax, levels, blocksize, shape):
 
 def lora_trainable_params(model, target_modules, r):
     """LoRA parameters peft would add for nn.Linear modules whose name ends with one of target_modules."""
-    import torch
-
     return sum(
         r * (module.in_features + module.out_features)  # A is r x in, B is out x r
         for name, module in model.named_modules()
@@ -86,8 +88,6 @@ def lora_trainable_params(model, target_modules, r):
 # ---- chapter 05: context extension ----
 def linear_pi_inv_freq(head_dim: int, theta: float, factor: float):
     """(head_dim/2,) RoPE inverse frequencies after linear position interpolation by `factor`."""
-    import torch
-
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     return inv_freq / factor  # angle(m) = m * theta_i / s: position m behaves like m / s
 
@@ -99,10 +99,6 @@ def ntk_scaled_theta(theta: float, factor: float, head_dim: int) -> float:
 
 def alibi_slopes(num_heads: int):
     """(num_heads,) ALiBi slopes, as in the paper's reference code."""
-    import math
-
-    import torch
-
     closest = 2 ** math.floor(math.log2(num_heads))
     slopes = [2 ** (-8 * (k + 1) / closest) for k in range(closest)]
     extra = [2 ** (-8 * p / (2 * closest)) for p in range(1, 2 * (num_heads - closest), 2)]
@@ -112,8 +108,6 @@ def alibi_slopes(num_heads: int):
 # ---- chapter 06: instruction data ----
 def rouge_l(candidate, reference):
     """ROUGE-L F1 of two strings: tokens = lowercase words split on non-alphanumerics; LCS-based P, R, F1."""
-    import re
-
     c, r = (re.sub(r"[^a-z0-9]+", " ", text.lower()).split() for text in (candidate, reference))
     prev = [0] * (len(r) + 1)  # LCS lengths of c[:i] against every prefix of r
     for x in c:
@@ -131,7 +125,7 @@ def rouge_l(candidate, reference):
 def sft_labels(input_ids, prompt_len, attention_mask):
     """list[int] labels: -100 on the first prompt_len tokens and on padding (attention_mask 0), else the token id."""
     return [
-        -100 if i < prompt_len or not keep else int(tok)
+        IGNORE_INDEX if i < prompt_len or not keep else int(tok)
         for i, (tok, keep) in enumerate(zip(input_ids, attention_mask, strict=True))
     ]
 
@@ -139,8 +133,6 @@ def sft_labels(input_ids, prompt_len, attention_mask):
 # ---- chapter 07: DeepSpeed-Chat SFT ----
 def split_indices(size, data_split, train_phase, seed):
     """Indices of phase train_phase's share of `size` records: a seeded shuffle cut at the cumulative shares."""
-    import numpy as np
-
     parts = [float(x) for x in data_split.split(",")]
     shares = [x / sum(parts) for x in parts]
     bounds = [0] + [int(round(size * sum(shares[: i + 1]))) for i in range(3)]
