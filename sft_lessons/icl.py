@@ -1,4 +1,4 @@
-"""In-context learning (ICL): k demonstrations + the query in one prompt, no parameter update.
+"""In-context learning (ICL): k demonstrations + the query in one prompt, no parameter update (第 2 章, notebooks/02_in_context_learning.ipynb).
 
 The demonstrations are the same for every query, so their keys and values (the KV cache) are computed once
 and reused: k-shot evaluation then costs about as much as 0-shot.
@@ -12,6 +12,7 @@ import statistics
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from .data import load_reviews
 from .prompting import TEMPLATES, VERBALIZERS, PromptTemplate, Verbalizer, accuracy, encode, score_label_words
@@ -65,8 +66,6 @@ class PrefixCache:
     """The KV cache of a shared prefix, computed once; `for_batch(b)` gives a fresh copy for b queries."""
 
     def __init__(self, model, prefix_ids: list[int]):
-        import torch
-
         if not prefix_ids:
             raise ValueError("empty prefix: there is nothing to cache (use the plain path for k=0)")
         device = next(model.parameters()).device
@@ -78,8 +77,6 @@ class PrefixCache:
 
     def for_batch(self, batch_size: int):
         """A new DynamicCache holding the prefix for `batch_size` rows; the stored prefix is never mutated."""
-        from transformers import DynamicCache
-
         # DynamicCache.update concatenates in place, so each batch gets its own cache object
         return DynamicCache(
             [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self.layers]

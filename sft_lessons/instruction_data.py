@@ -1,4 +1,7 @@
-"""Curating instruction data LIMA-style: normalise, deduplicate, filter, redact PII, score, and count the funnel."""
+"""Curating instruction data LIMA-style (第 6 章, notebooks/06_instruction_data.ipynb).
+
+Normalise, deduplicate, filter, redact PII, score, and count the funnel.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""The toy context-extension experiment: copy and passkey data, a tiny Llama (RoPE or ALiBi), training and evaluation,
-plus a passkey-retrieval probe and forward-pass timing for the real model."""
+"""The toy context-extension experiment, a passkey probe and forward timing (第 5 章, notebooks/05_context_extension.ipynb).
+
+Copy and passkey data, a tiny Llama (RoPE or ALiBi), training and evaluation, a passkey-retrieval probe
+and forward-pass timing for the real model.
+"""
 
 from __future__ import annotations
 
@@ -43,8 +46,6 @@ class LongRangeTask:
 
     def batch(self, batch_size: int, seq_len: int, generator):
         """(input_ids, labels, is_passkey): (B, L), (B, L) with -100 where nothing is scored, (B,) bool."""
-        import torch
-
         if seq_len % 2 or seq_len < 8:
             raise ValueError(f"seq_len must be even and >= 8, got {seq_len!r}")
         if not 0 <= self.passkey_share <= 1:
@@ -103,8 +104,6 @@ class NoRotary:
     """Stands in for LlamaRotaryEmbedding in the ALiBi model: cos = 1, sin = 0, so queries and keys are not turned."""
 
     def __new__(cls, head_dim: int):
-        import torch
-
         class _NoRotary(torch.nn.Module):
             def forward(self, x, position_ids):
                 shape = (*position_ids.shape, head_dim)  # (B, T, head_dim)

@@ -1,4 +1,6 @@
-"""LoRA from scratch, with DeepSpeed-Chat's public names (`LinearLayer_LoRA`, `convert_linear_layer_to_lora`, ...).
+"""LoRA from scratch, with DeepSpeed-Chat's public names (第 3 章, notebooks/03_lora_math.ipynb).
+
+`LinearLayer_LoRA`, `convert_linear_layer_to_lora`, ... (chapter 7 uses them as DeepSpeed-Chat does).
 
 The layer computes h = W0 x + s * B A x with W0 (d, k) frozen, A (r, k), B (d, r) and s = lora_scaling / lora_dim.
 Like DeepSpeed-Chat it stores the factors transposed: `lora_right_weight` = A^T (k, r), `lora_left_weight` = B^T (r, d),
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import progress
 from .memory import count_parameters  # noqa: F401  (chapter 3 counts with it: lora.count_parameters)
 
 LORA_KEYS = ("lora_right_weight", "lora_left_weight")
@@ -284,8 +287,6 @@ def full_finetune_delta(
     losses, was_training = [], model.training
     model.train()
     try:
-        from .device import progress
-
         for step in progress(range(steps), "train"):
             loss = model(**batches[step % len(batches)]).loss
             loss.backward()

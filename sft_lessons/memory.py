@@ -1,4 +1,4 @@
-"""Training-memory arithmetic (full fine-tuning, LoRA, QLoRA) and exact tensor accounting of a real model.
+"""Training-memory arithmetic (full, LoRA, QLoRA), exact tensor accounting, parameter counts (第 4 章, notebooks/04_lora_variants.ipynb).
 
 The estimator counts bytes; it is a model of memory, not a measurement. Frameworks add workspace, fragmentation and
 temporary buffers on top, so a real peak is somewhat higher than `total`.

@@ -1,4 +1,4 @@
-"""Model loading: real cached weights (offline), the opt-in hub path, and tiny random models for tests and demos."""
+"""Model loading: real cached weights (offline), the opt-in hub path, tiny random models (第 0 章, notebooks/00_overview.ipynb)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Padding and batching for SFT (第 7 章, notebooks/07_deepspeed_chat_sft.ipynb): trim batches, group by length.
+"""Padding and batching for SFT: trim batches, group by length (第 7 章, notebooks/07_deepspeed_chat_sft.ipynb).
 
 DeepSpeed-Chat pads every record to `max_seq_len`; most of that compute is spent on padding tokens. Because the loss
 is masked (labels -100 on padding), dynamic padding gives the same loss for less work; `sft-lessons bench` measures it.

@@ -1,4 +1,4 @@
-"""Where the course's folders are: notebooks/, images/, build/."""
+"""Where the course's folders are: notebooks/, images/, build/ (第 0 章, notebooks/00_overview.ipynb)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""peft in practice: a fair Trainer run for the full-vs-LoRA comparison, AdaLoRA's Trainer callback, adapter sizes."""
+"""peft in practice: a fair Trainer run, AdaLoRA's Trainer callback, adapter sizes (第 4 章, notebooks/04_lora_variants.ipynb)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
@@ -19,8 +20,6 @@ from .timing import sync, timed_call
 
 def saved_size_bytes(model) -> int:
     """Bytes on disk of model.save_pretrained(...): the adapter only for a PeftModel, everything otherwise."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
     was_disabled = are_progress_bars_disabled()
     disable_progress_bars()  # no 'Writing model shards' bar
     try:

@@ -1,4 +1,4 @@
-"""Prompt learning: templates with [X]/[Z] slots, verbalizers, label-word scoring, zero-shot classification.
+"""Prompt learning: templates with [X]/[Z] slots, verbalizers, label-word scoring, zero-shot (第 1 章, notebooks/01_prompt_learning.ipynb).
 
 The three stages of prompting (Liu et al. 2021, arXiv 2107.13586) map onto this module:
 prompt addition -> `PromptTemplate`; answer search -> `score_label_words`; answer mapping -> `Verbalizer`.
@@ -121,8 +121,6 @@ class Verbalizer:
 
     def read(self, next_log_probs, tokenizer):
         """(n, vocab) next-token log-probs -> (n, num_labels) label scores, for single-token label words."""
-        import torch
-
         if not self.is_single_token(tokenizer):
             raise ValueError(f"{self.label_words!r} has multi-token words; use score_label_words instead")
         ids = self.token_ids(tokenizer)

@@ -1,4 +1,4 @@
-"""Blockwise 4-bit quantization from scratch: NF4 levels, absmax blocks, double quantization (as in QLoRA).
+"""Blockwise 4-bit quantization from scratch: NF4 levels, absmax blocks, double quantization (第 4 章, notebooks/04_lora_variants.ipynb).
 
 Codes are kept one per uint8 (easy to read); `pack_4bit` packs two per byte the way bitsandbytes stores them.
 """

@@ -1,4 +1,4 @@
-"""Instruction-record formats (Alpaca, ShareGPT, OpenAI messages, rm-static), converters, and the SFT loss mask."""
+"""Instruction-record formats (Alpaca, ShareGPT, messages, rm-static), converters, loss mask (第 6 章, notebooks/06_instruction_data.ipynb)."""
 
 from __future__ import annotations
 

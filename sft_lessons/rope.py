@@ -1,4 +1,4 @@
-"""Rotary position embedding (RoPE) from scratch, its scaled variants (PI, NTK, dynamic NTK, YaRN) and ALiBi.
+"""Rotary position embedding (RoPE) from scratch, PI, NTK, dynamic NTK, YaRN and ALiBi (第 5 章, notebooks/05_context_extension.ipynb).
 
 Frequencies follow transformers' conventions: `inv_freq[i] = theta ** (-2i / head_dim)` for the head_dim/2 pairs.
 Every scaled variant is a hand formula here; tests/test_rope.py checks them against transformers 5.24.

@@ -1,4 +1,4 @@
-"""Self-Instruct (Wang et al. 2022) in four steps, with a small local model as the generator."""
+"""Self-Instruct (Wang et al. 2022) in four steps, with a small local model as the generator (第 6 章, notebooks/06_instruction_data.ipynb)."""
 
 from __future__ import annotations
 

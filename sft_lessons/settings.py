@@ -1,4 +1,4 @@
-"""Every `SFT_LESSONS_*` environment variable in one place; the README's table is `VARIABLES`."""
+"""Every `SFT_LESSONS_*` environment variable in one place; the README's table is `VARIABLES` (第 0 章, notebooks/00_overview.ipynb)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DeepSpeed-Chat step 1 as a command: `python -m sft_lessons.sft` (or `sft-lessons sft`), with step 1's argument names.
+"""DeepSpeed-Chat step 1 as a command, `python -m sft_lessons.sft`, with step 1's argument names (第 7 章, notebooks/07_deepspeed_chat_sft.ipynb).
 
 Single process with plain `python` (gloo on CPU, NCCL on GPU); several GPUs under the launcher:
     deepspeed --num_gpus N -m sft_lessons.sft --zero_stage 2 ...
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
-from transformers import default_data_collator, get_scheduler
+from transformers import AutoModelForCausalLM, default_data_collator, get_scheduler
 
 from .device import get_device, progress, quiet, set_seed, tell_deepspeed
 from .dschat import (
@@ -29,6 +29,7 @@ from .dschat import (
     save_hf_format,
 )
 from .lora import convert_linear_layer_to_lora, convert_lora_to_linear_layer, only_optimize_lora_parameters
+from .memory import count_parameters
 from .models import quiet_from_pretrained, resolve, tiny_causal_lm, tiny_tokenizer
 from .padding import LengthGroupedBatches, trim_padding
 from .paths import build_dir
@@ -224,9 +225,6 @@ def _load(args, model, tokenizer):
         eot = args.end_of_conversation_token if args.add_eot_token else None
         tokenizer = load_hf_tokenizer(args.model_name_or_path, add_special_tokens=eot)
     if model is None:
-        import torch
-        from transformers import AutoModelForCausalLM
-
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
         model = quiet_from_pretrained(AutoModelForCausalLM, resolve(args.model_name_or_path), dtype=dtype)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # a marker added as a new token
@@ -238,7 +236,6 @@ def _load(args, model, tokenizer):
 def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
     """Run DeepSpeed-Chat step 1 on one process (or one rank): data, LoRA, deepspeed.initialize, train, eval, save."""
     import deepspeed
-
 
     device = get_device()
     if device.type == "cuda" and args.local_rank >= 0:
@@ -293,7 +290,7 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
     groups = optimizer_groups(model, args.weight_decay, args.lora_learning_rate)
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, steps)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
+    trainable = count_parameters(model)  # before ZeRO-3 partitions them
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=get_train_ds_config(args, world)
     )

@@ -1,4 +1,4 @@
-"""Measuring what SFT changed: the house-style checker, clean stops, batched generation, held-out perplexity."""
+"""Measuring what SFT changed: house style, clean stops, batched generation, perplexity (第 7 章, notebooks/07_deepspeed_chat_sft.ipynb)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def _stopping_criteria(stop_sequences: list[list[int]], prompt_width: int):
     return StopOnSequences()
 
 
-def _first_stop(ids: list[int], stop_sequences: list[list[int]]) -> int | None:
+def first_stop(ids: list[int], stop_sequences: list[list[int]]) -> int | None:
     """Index where the earliest stop sequence starts in `ids`, or None."""
     starts = []
     for seq in stop_sequences:
@@ -101,7 +101,7 @@ def generate_responses(
             with torch.no_grad():
                 out = model.generate(**batch, **kwargs)
             for row in out[:, batch["input_ids"].shape[1] :].tolist():
-                cut = _first_stop(row, stop_sequences)
+                cut = first_stop(row, stop_sequences)
                 kept = row if cut is None else row[:cut]
                 text = tokenizer.decode(kept, skip_special_tokens=True)
                 results.append({"text": text, "stopped": cut is not None, "new_tokens": len(kept)})

@@ -1,4 +1,4 @@
-"""Timing and memory measurement shared by every chapter: device sync, interleaved timing, peak memory, GEMM rate.
+"""Timing and memory measurement: device sync, interleaved timing, peak memory, GEMM rate (第 3 章, notebooks/03_lora_math.ipynb).
 
 Chapters 2, 3, 5 and the bench time things side by side; they all go through `timed_call` and
 `interleaved_times`, so a timing in this course always means: synchronised, after warm-up, interleaved.

@@ -1,4 +1,4 @@
-"""How big can you go: memory for model states under ZeRO 0-3, from DeepSpeed's own estimators and model configs."""
+"""Memory for model states under ZeRO 0-3, from DeepSpeed's own estimators (第 7 章, notebooks/07_deepspeed_chat_sft.ipynb)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .device import tell_deepspeed
+from .memory import count_parameters
 
 MODEL_CONFIGS = {  # values from each model's config.json on the Hugging Face hub
     "opt-350m": dict(model_type="opt", hidden_size=1024, ffn_dim=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -24,7 +25,7 @@ def count_params_from_config(config: dict) -> tuple[int, int]:
     config = dict(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
-    total = sum(p.numel() for p in model.parameters())  # tied weights are counted once
+    total = count_parameters(model, trainable_only=False)  # tied weights are counted once
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     return total, largest
 

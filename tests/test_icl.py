@@ -100,10 +100,16 @@ def test_prefix_cache_is_not_mutated(tok):
 
 
 def test_zero_shot_is_k0(tok):
+    """k = 0 is plain zero-shot classification: the same label log-probs, predictions and accuracy."""
+    from sft_lessons.prompting import zero_shot_classify
+
     model = tiny_causal_lm("llama")
     zero = icl_accuracy(model, tok, [], QUERIES, TEMPLATE, VERBALIZER)
-    assert zero.predictions.shape == (len(QUERIES),)
-    assert 0.0 <= zero.accuracy <= 1.0 and zero.seconds >= 0
+    plain = zero_shot_classify(model, tok, [text for text, _ in QUERIES], TEMPLATE, VERBALIZER)
+    torch.testing.assert_close(zero.log_probs, plain.log_probs, atol=1e-5, rtol=1e-5)
+    assert torch.equal(zero.predictions, plain.predictions)
+    labels = torch.tensor([label for _, label in QUERIES])
+    assert zero.accuracy == (zero.predictions == labels).float().mean().item() and zero.seconds >= 0
 
 
 def test_parameter_fingerprint_sees_any_change(tok):
@@ -118,19 +124,63 @@ def test_parameter_fingerprint_sees_any_change(tok):
     assert parameter_fingerprint(model) != before
 
 
-def test_compare_prefix_cache_on_tiny_model(tok):
+def test_compare_prefix_cache_on_tiny_model(tok, monkeypatch):
     import json
-    import math
 
-    from sft_lessons.icl import compare_prefix_cache
+    from sft_lessons import icl
+    from sft_lessons.data import load_reviews
+    from sft_lessons.prompting import TEMPLATES, VERBALIZERS
 
     model = tiny_causal_lm("llama").train()
-    r = compare_prefix_cache(model, tok, k=4, n_queries=4, repeats=1)
+    timed = []
+
+    def fake_interleaved_times(fns, repeats, warmup, device):  # runs each path, reports fixed times
+        assert (repeats, warmup) == (3, 0)
+        for _ in range(repeats):
+            for fn in fns.values():
+                fn()
+        timed.append(set(fns))
+        return {False: [3.0, 1.0, 2.0], True: [0.25, 1.0, 0.5]}
+
+    monkeypatch.setattr(icl, "interleaved_times", fake_interleaved_times)
+    r = icl.compare_prefix_cache(model, tok, k=4, n_queries=4, repeats=3)
+    assert timed == [{False, True}]  # timed through timing.interleaved_times: naive and cached
     assert model.training  # the caller's mode is restored
-    assert r["predictions_equal"] is True and r["k"] == 4 and r["n_queries"] == 4
-    assert math.isfinite(r["speedup"]) and r["speedup"] > 0 and r["naive_s"] > 0 and r["cached_s"] > 0
-    assert r["prefix_tokens"] > 0 and r["max_log_prob_diff"] <= 1e-3
-    assert r["tokens_naive"] - r["tokens_cached"] == 3 * r["prefix_tokens"]  # 4 queries: the prefix 4 times vs once
+    assert (r["naive_s"], r["cached_s"], r["speedup"]) == (2.0, 0.5, 4.0)  # medians, and their ratio
+    assert r["k"] == 4 and r["n_queries"] == 4  # predictions_equal: see the wrong-cache test below
+
+    # the same numbers, independently: chapter 2's template and verbalizer, 4 seeded demos, the first 4 tests
+    reviews = load_reviews()
+    template, verbalizer = TEMPLATES["review-sentiment"], VERBALIZERS["negative/positive"]
+    demos = sample_demos(reviews["train"], 4, seed=0)
+    queries = as_pairs(reviews["test"])[:4]
+    prefix = len(encode(tok, demo_prefix(demos, template, verbalizer)))
+    query = sum(len(encode(tok, template.split(text)[0])) for text, _ in queries)
+    counts = (r["prefix_tokens"], r["tokens_naive"], r["tokens_cached"])
+    assert counts == (prefix, 4 * prefix + query, prefix + query)  # n * P + Q against P + Q
+    model.eval()
+    naive = icl_accuracy(model, tok, demos, queries, template, verbalizer, use_cache=False)
+    cached = icl_accuracy(model, tok, demos, queries, template, verbalizer, use_cache=True)
+    diff = (naive.log_probs - cached.log_probs).abs().max().item()
+    assert r["max_log_prob_diff"] == pytest.approx(diff, abs=1e-6) and r["max_log_prob_diff"] <= 1e-3
     json.dumps(r)  # JSON-ready
     with pytest.raises(ValueError, match="n_queries=0"):
-        compare_prefix_cache(model, tok, n_queries=0)
+        icl.compare_prefix_cache(model, tok, n_queries=0)
+
+
+def test_compare_prefix_cache_catches_a_wrong_cache(tok, monkeypatch):
+    """A prefix cache that does not hold the prefix's keys and values must make compare_prefix_cache fail."""
+    from sft_lessons import icl
+
+    model = tiny_causal_lm("llama")
+    for_batch = icl.PrefixCache.for_batch
+
+    def corrupted(self, batch_size):
+        cache = for_batch(self, batch_size)
+        for layer in cache.layers:
+            layer.keys = layer.keys.flip(-2)  # the prefix positions in the wrong order
+        return cache
+
+    monkeypatch.setattr(icl.PrefixCache, "for_batch", corrupted)
+    with pytest.raises(AssertionError, match="the prefix-cache path disagrees with the naive path"):
+        icl.compare_prefix_cache(model, tok, k=4, n_queries=4, repeats=1)

@@ -91,7 +91,7 @@ def test_passkey_prompt_and_cost_fit():
     assert a >= 0 and b >= 0
 
 
-def test_time_forward_on_a_tiny_model():
+def test_time_forward_on_a_tiny_model(monkeypatch):
     from sft_lessons.models import tiny_causal_lm
 
     model = tiny_causal_lm("llama")
@@ -100,3 +100,18 @@ def test_time_forward_on_a_tiny_model():
         assert set(times) == {8, 16} and all(t >= 0 for t in times.values())
     with pytest.raises(ValueError, match="clock"):
         lc.time_forward(model, (8,), clock="gpu")
+    # what is timed: one forward of exactly n tokens per length, via timing.interleaved_times, best of repeats
+    seen, asked = [], []
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+
+    def fake_interleaved_times(fns, repeats, warmup, device, clock):
+        asked.append((sorted(fns), repeats, warmup, clock))
+        for fn in fns.values():
+            fn()
+        return {8: [0.3, 0.1, 0.2], 16: [0.5, 0.4, 0.6]}
+
+    monkeypatch.setattr(lc, "interleaved_times", fake_interleaved_times)
+    assert lc.time_forward(model, (8, 16), repeats=3, clock="cpu") == {8: 0.1, 16: 0.4}
+    assert asked == [([8, 16], 3, 0, "cpu")] and seen == [(1, 8), (1, 16)]

@@ -156,10 +156,17 @@ def test_zero_shot_classify_and_accuracy(model, tok):
     t = PromptTemplate("[X] It was [Z].")
     v = Verbalizer({0: [" bad"], 1: [" good"]})
     out = zero_shot_classify(model, tok, TEXTS, t, v, batch_size=2)
-    assert out.predictions.shape == (3,) and out.log_probs.shape == (3, 2)
-    torch.testing.assert_close(out.log_probs.exp().sum(-1), torch.ones(3))
+    # by hand: score " bad." / " good." after "<text> It was", normalise, take the argmax
+    scores = score_label_words(model, tok, [f"{x} It was" for x in TEXTS], v, suffix=".")
+    torch.testing.assert_close(out.log_probs, scores.log_softmax(-1), atol=1e-5, rtol=1e-5)
+    assert torch.equal(out.predictions, out.log_probs.argmax(-1)) and out.predictions.shape == (3,)
     cal = zero_shot_classify(model, tok, TEXTS, t, v, calibrate=True)
-    assert cal.log_probs.shape == (3, 2)
+    content_free = score_label_words(model, tok, ["N/A It was"], v, suffix=".")
+    torch.testing.assert_close(
+        cal.log_probs, contextual_calibration(scores, content_free), atol=1e-5, rtol=1e-5
+    )
+    assert torch.equal(cal.predictions, cal.log_probs.argmax(-1))
+    assert not torch.allclose(cal.log_probs, out.log_probs)  # calibration changed something
     assert accuracy([1, 0, 1], [1, 1, 1]) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="differ in shape"):
         accuracy([1, 0], [1, 1, 1])
@@ -176,17 +183,30 @@ def test_chat_template_keeps_the_input_slot(tok):
 def test_soft_prompt_trains_only_the_prompt(tok):
     from sft_lessons.prompting import soft_prompt_model, train_soft_prompt
 
-    base = tiny_causal_lm("llama")
+    base = tiny_causal_lm("llama", seed=0)
     before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    torch.manual_seed(0)  # the soft prompt's random initialisation
     peft_model = soft_prompt_model(base, num_virtual_tokens=4)
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    assert trainable == 4 * base.config.hidden_size
+    prompt = peft_model.prompt_encoder["default"].embedding.weight
+    initial = prompt.detach().clone()
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    assert len(trainable) == 1 and trainable[0] is prompt and prompt.shape == (4, base.config.hidden_size)
     t, v = PromptTemplate("Review: [X]\nSentiment:"), Verbalizer({0: [" bad"], 1: [" good"]})
-    losses = train_soft_prompt(peft_model, tok, TEXTS, [1, 0, 1], t, v, steps=3, batch_size=2, lr=1e-2)
-    assert len(losses) == 3 and all(loss > 0 for loss in losses)
-    for n, p in peft_model.get_base_model().named_parameters():
-        torch.testing.assert_close(p, before[n], msg=n)
+    prompts = [t.split(x)[0] for x in TEXTS]
+
+    def label_loss():  # -log P(" good" | the first prompt), scored independently of the training loop
+        return -score_label_words(peft_model, tok, prompts[:1], v)[0, 1].item()
+
+    start = label_loss()
+    # one text: every step sees the same batch, so the training losses are comparable step to step
+    losses = train_soft_prompt(peft_model, tok, TEXTS[:1], [1], t, v, steps=10, batch_size=2, lr=0.1, seed=0)
+    assert len(losses) == 10 and all(loss > 0 for loss in losses)
+    assert losses[-1] < losses[0] - 0.05  # the training loss went down ...
+    assert label_loss() < start - 0.2  # ... and so did the label word's loss when scored afresh
+    assert not torch.allclose(prompt, initial)  # the soft prompt moved ...
+    for n, p in peft_model.get_base_model().named_parameters():  # ... the model did not
+        torch.testing.assert_close(p, before[n], msg=n, atol=0, rtol=0)
     # scoring goes through peft's forward (virtual tokens prepended); right padding is chosen automatically
-    scores = score_label_words(peft_model, tok, [t.split(x)[0] for x in TEXTS], v, batch_size=2)
-    one_by_one = torch.cat([score_label_words(peft_model, tok, [t.split(x)[0]], v) for x in TEXTS])
+    scores = score_label_words(peft_model, tok, prompts, v, batch_size=2)
+    one_by_one = torch.cat([score_label_words(peft_model, tok, [p], v) for p in prompts])
     torch.testing.assert_close(scores, one_by_one, atol=1e-5, rtol=1e-5)

@@ -8,8 +8,8 @@ from sft_lessons.dschat import create_prompt_dataset, opt_style_tokenizer
 from sft_lessons.models import tiny_causal_lm, tiny_tokenizer
 from sft_lessons.padding import trim_padding
 from sft_lessons.sft_eval import (
-    _first_stop,
     clean_stop,
+    first_stop,
     follows_house_style,
     generate_responses,
     house_style_problems,
@@ -52,9 +52,9 @@ def test_clean_stop():
 
 
 def test_first_stop():
-    assert _first_stop([5, 6, 7, 8, 7, 8], [[7, 8], [9]]) == 2
-    assert _first_stop([5, 6, 0, 7, 8], [[7, 8], [0]]) == 2
-    assert _first_stop([5, 6], [[7, 8]]) is None
+    assert first_stop([5, 6, 7, 8, 7, 8], [[7, 8], [9]]) == 2
+    assert first_stop([5, 6, 0, 7, 8], [[7, 8], [0]]) == 2
+    assert first_stop([5, 6], [[7, 8]]) is None
 
 
 def test_generate_responses_batched_stops():

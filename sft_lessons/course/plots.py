@@ -1,7 +1,8 @@
 """Plots of results measured in the notebooks (English labels); diagrams that need no data live in figures.py.
 
 Functions that return a figure show it inline; those with `out_dir` save a PNG (default: build/plots/, never the
-tracked images/ folder, so running a notebook leaves `git status` clean) and return its path.
+tracked images/ folder, so running a notebook leaves `git status` clean) and return its path; each saves the
+figure that its `<name>_figure` function returns (no pyplot), which the tests inspect.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def singular_value_plot(spectra: dict, r: int = 8):
 # ---- chapter 04: LoRA variants ----
 def training_curves(results: dict, out_dir=None, name: str = "full_vs_lora_curves.png") -> Path:
     """Training loss per logged step and eval accuracy per epoch, one line per run -> build/plots/<name>."""
+    return save_figure(training_curves_figure(results), plot_path(name, out_dir))
+
+
+def training_curves_figure(results: dict):
+    """The figure of `training_curves`: left, loss per step; right, accuracy per epoch (one line per run)."""
     fig, (ax_loss, ax_acc) = new_figure(1, 2, figsize=(10, 3.4))
     for label, res in results.items():
         steps, losses = zip(*res["train_loss"], strict=True)
@@ -72,11 +78,16 @@ def training_curves(results: dict, out_dir=None, name: str = "full_vs_lora_curve
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return save_figure(fig, plot_path(name, out_dir))
+    return fig
 
 
 def adalora_ranks(table, history, out_dir=None) -> Path:
     """AdaLoRA's final rank per layer and module (heatmap); scheduled budget and live singular values per step."""
+    return save_figure(adalora_ranks_figure(table, history), plot_path("adalora_ranks.png", out_dir))
+
+
+def adalora_ranks_figure(table, history):
+    """The figure of `adalora_ranks`: the rank heatmap and the budget schedule."""
     import numpy as np
 
     fig, (ax_map, ax_budget) = new_figure(1, 2, figsize=(10.5, 3.4), gridspec_kw={"width_ratios": [1.3, 1]})
@@ -94,11 +105,16 @@ def adalora_ranks(table, history, out_dir=None) -> Path:
     ax_budget.set(xlabel="optimizer step", ylabel="total rank (all matrices)", title="budget schedule")
     ax_budget.legend(fontsize=8)
     ax_budget.grid(alpha=0.3)
-    return save_figure(fig, plot_path("adalora_ranks.png", out_dir))
+    return fig
 
 
 def memory_breakdown(rows: dict, out_dir=None, name: str = "memory_65b.png", unit: float = 1e9) -> Path:
     """Stacked bars of an estimate_training_memory breakdown per setting (values in `unit`, GB by default)."""
+    return save_figure(memory_breakdown_figure(rows, unit), plot_path(name, out_dir))
+
+
+def memory_breakdown_figure(rows: dict, unit: float = 1e9):
+    """The figure of `memory_breakdown`: one stacked horizontal bar per setting, one colour per part."""
     parts = ["weights", "quant_constants", "gradients", "optimizer_states", "master_weights", "activations"]
     fig, ax = new_figure(figsize=(7.5, 3.4))
     bottom = [0.0] * len(rows)
@@ -111,7 +127,7 @@ def memory_breakdown(rows: dict, out_dir=None, name: str = "memory_65b.png", uni
     ax.invert_yaxis()
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, axis="x")
-    return save_figure(fig, plot_path(name, out_dir))
+    return fig
 
 
 # ---- chapter 05: context extension ----
@@ -165,6 +181,11 @@ def plot_finetune_curves(curves, title="fine-tuning at 256 tokens"):
 # ---- chapter 06: instruction data ----
 def curation_funnel(funnel: list[tuple[str, int]], out_dir=None) -> Path:
     """Records left after each curation stage, as horizontal bars -> build/plots/curation_funnel.png."""
+    return save_figure(curation_funnel_figure(funnel), plot_path("curation_funnel.png", out_dir))
+
+
+def curation_funnel_figure(funnel: list[tuple[str, int]]):
+    """The figure of `curation_funnel`: one bar per stage, its count written after it."""
     names, counts = zip(*funnel, strict=True)
     fig, ax = new_figure(figsize=(7, 3.4))
     bars = ax.barh(range(len(counts)), counts, color="#6fa8dc")
@@ -175,11 +196,16 @@ def curation_funnel(funnel: list[tuple[str, int]], out_dir=None) -> Path:
     ax.set_xlabel("records left")
     ax.set_title("Curation funnel on raw_qa_pool.jsonl")
     ax.set_xlim(0, max(counts) * 1.12)
-    return save_figure(fig, plot_path("curation_funnel.png", out_dir))
+    return fig
 
 
 def dataset_catalogue(rows: list[dict], out_dir=None) -> Path:
     """Open instruction datasets: size (log scale) by year, coloured by construction method -> build/plots/."""
+    return save_figure(dataset_catalogue_figure(rows), plot_path("instruction_datasets.png", out_dir))
+
+
+def dataset_catalogue_figure(rows: list[dict]):
+    """The figure of `dataset_catalogue`: a point per dataset of known size, ordered by year, then size."""
     colors = {"human": "#38761d", "model": "#cc0000", "template": "#1155cc", "mixed": "#b45f06"}
     plotted = [r for r in rows if isinstance(r["size"], (int, float)) and r["size"] > 0]  # NaN > 0 is False
     plotted.sort(key=lambda r: (r["year"], r["size"]))
@@ -206,12 +232,18 @@ def dataset_catalogue(rows: list[dict], out_dir=None) -> Path:
     ax.set_title("Open instruction datasets by year and construction method")
     ax.legend(title="how built", fontsize=8, loc="upper left")
     ax.grid(alpha=0.3, axis="y")
-    return save_figure(fig, plot_path("instruction_datasets.png", out_dir))
+    return fig
 
 
 # ---- chapter 07: DeepSpeed-Chat SFT ----
 def sft_label_mask(tokens: list[str], labels: list[int], attention_mask: list[int], out_dir=None) -> Path:
     """One record's tokens coloured by role: prompt (-100), answer (learnt), padding (-100) -> build/plots/."""
+    fig = sft_label_mask_figure(tokens, labels, attention_mask)
+    return save_figure(fig, plot_path("sft_label_mask.png", out_dir))
+
+
+def sft_label_mask_figure(tokens: list[str], labels: list[int], attention_mask: list[int]):
+    """The figure of `sft_label_mask`: a box per token, 16 per row; ValueError unless the lists line up."""
     import matplotlib.patches
 
     per_row = 16
@@ -231,11 +263,17 @@ def sft_label_mask(tokens: list[str], labels: list[int], attention_mask: list[in
     ax.legend(
         handles, labels_txt, loc="upper left", bbox_to_anchor=(0, 1.0), ncol=3, fontsize=8, frameon=False
     )
-    return save_figure(fig, plot_path("sft_label_mask.png", out_dir))
+    return fig
 
 
 def sft_loss_curve(history: list[dict], perplexity: list, out_dir=None) -> Path:
     """Training loss per optimizer step and held-out perplexity per epoch -> build/plots/sft_loss_curve.png."""
+    fig = sft_loss_curve_figure(history, perplexity)
+    return save_figure(fig, plot_path("sft_loss_curve.png", out_dir))
+
+
+def sft_loss_curve_figure(history: list[dict], perplexity: list):
+    """The figure of `sft_loss_curve`: loss per step (left), perplexity per epoch (right)."""
     fig, (ax1, ax2) = new_figure(1, 2, figsize=(9, 3.2))
     ax1.plot([h["step"] for h in history], [h["loss"] for h in history], marker=".")
     ax1.set(xlabel="optimizer step", ylabel="training loss (answer tokens)", title="SFT loss")
@@ -246,4 +284,4 @@ def sft_loss_curve(history: list[dict], perplexity: list, out_dir=None) -> Path:
     ax2.set_xticks(list(epochs))
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    return save_figure(fig, plot_path("sft_loss_curve.png", out_dir))
+    return fig

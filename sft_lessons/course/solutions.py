@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-import re
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -14,15 +12,15 @@ from ..data import IGNORE_INDEX
 
 
 # ---- chapter 01: prompt learning ----
-def calibrated_predictions(log_probs, content_free_log_probs):
-    """(n, L) label log-probs, (L,) content-free log-probs -> (n,) calibrated predictions."""
-    p = log_probs.log_softmax(-1)  # (n, L) renormalised over the labels
-    p_cf = content_free_log_probs.log_softmax(-1)  # (L,)
-    return (p - p_cf).argmax(-1)  # log of W p with W = diag(p_cf)^-1
+def calibrated_threshold(content_free_log_probs):
+    """(2,) content-free scores (negative, positive) -> t: after calibration, positive iff P(positive) > t."""
+    # p1 / c1 > p0 / c0 with p0 = 1 - p1 and c0 = 1 - c1  <=>  p1 (1 - c1) > (1 - p1) c1  <=>  p1 > c1
+    return float(torch.as_tensor(content_free_log_probs).softmax(-1)[1])
 
 
 def label_scores(token_log_probs, aggregate="sum"):
     """token_log_probs[label][word] = 1-D per-token log-probs -> (L,) label scores."""
+
     def word(lp):
         return lp.sum() if aggregate == "sum" else lp.mean()
 
@@ -31,7 +29,7 @@ def label_scores(token_log_probs, aggregate="sum"):
 
 # ---- chapter 02: in-context learning ----
 def sample_balanced_demos(pool, k, seed=0):
-    """k (even) demonstrations from `pool` (a list of (text, label) pairs), k/2 per label, shuffled, seeded."""
+    """k (even) demos from `pool` (a list of (text, label) pairs), k/2 per label, shuffled, seeded."""
     if k % 2:
         raise ValueError(f"k={k}: a balanced set over 2 labels needs an even k")
     rng = random.Random(seed)
@@ -42,11 +40,10 @@ def sample_balanced_demos(pool, k, seed=0):
     return demos
 
 
-def my_icl_prompt(demos, query):
-    """'Review: {x}\nSentiment: {word}\n\n' per demo, then 'Review: {query}\nSentiment:'."""
-    words = {0: " negative", 1: " positive"}
-    shots = "".join(f"Review: {x}\nSentiment:{words[y]}\n\n" for x, y in demos)
-    return shots + f"Review: {query}\nSentiment:"
+def build_icl_prompt(demos, query, template, verbalizer, sep="\n\n"):
+    """Each demo filled into `template` with its label's first word, then `sep`; then the query up to [Z]."""
+    shots = "".join(template.fill(text, verbalizer.label_words[label][0]) + sep for text, label in demos)
+    return shots + template.split(query)[0]  # a cloze template's text after [Z] belongs to the answer
 
 
 # ---- chapter 03: LoRA math ----
@@ -55,9 +52,9 @@ def lora_forward(x, weight, bias, lora_A, lora_B, scaling):
     return F.linear(x, weight, bias) + scaling * F.linear(F.linear(x, lora_A), lora_B)
 
 
-def lora_num_params(d, k, r):
-    """Trainable parameters of LoRA on one (d, k) weight at rank r."""
-    return r * k + d * r  # A (r, k) + B (d, r)
+def rslora_lora_scaling(r, lora_alpha):
+    """The lora_scaling to give LinearLayer_LoRA(lora_dim=r) so that its s equals peft's rsLoRA scale."""
+    return lora_alpha * math.sqrt(r)  # lora_scaling / r = alpha / sqrt(r)
 
 
 def merge_lora(weight, lora_A, lora_B, scaling):
@@ -66,14 +63,12 @@ def merge_lora(weight, lora_A, lora_B, scaling):
 
 
 # ---- chapter 04: LoRA variants ----
-def nf4_dequantize_answer(codes, absmax, levels, blocksize, shape):
-    """(n_padded,) uint8 codes, (n_blocks,) absmax, (16,) levels -> float32 tensor of `shape`."""
-    values = levels[codes.long()].view(-1, blocksize)  # (n_blocks, blocksize) in [-1, 1]
-    flat = (values * absmax.unsqueeze(1)).reshape(-1)
-    n = 1
-    for size in shape:
-        n *= size
-    return flat[:n].reshape(shape)
+def double_dequantize(state):
+    """(n_blocks,) float32 absmax constants from a DoubleQuantState (int8 codes, per-block scales, offset)."""
+    n = state.codes.numel()
+    pad = (-n) % state.dq_blocksize
+    blocks = F.pad(state.codes.float(), (0, pad)).view(-1, state.dq_blocksize)  # (n_dq_blocks, dq_blocksize)
+    return (blocks / 127 * state.scales.unsqueeze(1)).reshape(-1)[:n] + state.offset
 
 
 def lora_trainable_params(model, target_modules, r):
@@ -86,18 +81,18 @@ def lora_trainable_params(model, target_modules, r):
 
 
 # ---- chapter 05: context extension ----
-def linear_pi_inv_freq(head_dim: int, theta: float, factor: float):
+def linear_pi_frequencies(head_dim, theta, factor):
     """(head_dim/2,) RoPE inverse frequencies after linear position interpolation by `factor`."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     return inv_freq / factor  # angle(m) = m * theta_i / s: position m behaves like m / s
 
 
-def ntk_scaled_theta(theta: float, factor: float, head_dim: int) -> float:
-    """The NTK-aware base theta * factor^(d/(d-2)): the slowest pair slows by exactly `factor`."""
-    return theta * factor ** (head_dim / (head_dim - 2))
+def ntk_factor(theta, new_theta, head_dim):
+    """The factor s for which NTK-aware scaling turns base `theta` into `new_theta` (head_dim-dim heads)."""
+    return (new_theta / theta) ** ((head_dim - 2) / head_dim)  # inverts new = theta * s^(d / (d - 2))
 
 
-def alibi_slopes(num_heads: int):
+def alibi_slopes(num_heads):
     """(num_heads,) ALiBi slopes, as in the paper's reference code."""
     closest = 2 ** math.floor(math.log2(num_heads))
     slopes = [2 ** (-8 * (k + 1) / closest) for k in range(closest)]
@@ -106,9 +101,9 @@ def alibi_slopes(num_heads: int):
 
 
 # ---- chapter 06: instruction data ----
-def rouge_l(candidate, reference):
-    """ROUGE-L F1 of two strings: tokens = lowercase words split on non-alphanumerics; LCS-based P, R, F1."""
-    c, r = (re.sub(r"[^a-z0-9]+", " ", text.lower()).split() for text in (candidate, reference))
+def rouge_l_chars(candidate, reference):
+    """ROUGE-L F1 over characters: lowercase, keep letters and digits (str.isalnum: 汉字 too), LCS P, R, F1."""
+    c, r = ([ch for ch in text.lower() if ch.isalnum()] for text in (candidate, reference))
     prev = [0] * (len(r) + 1)  # LCS lengths of c[:i] against every prefix of r
     for x in c:
         cur = [0]
@@ -122,22 +117,37 @@ def rouge_l(candidate, reference):
     return 2 * precision * recall / (precision + recall)
 
 
-def sft_labels(input_ids, prompt_len, attention_mask):
-    """list[int] labels: -100 on the first prompt_len tokens and on padding (attention_mask 0), else the token id."""
-    return [
-        IGNORE_INDEX if i < prompt_len or not keep else int(tok)
-        for i, (tok, keep) in enumerate(zip(input_ids, attention_mask, strict=True))
-    ]
+def multi_turn_labels(input_ids, attention_mask, assistant_header, end_of_turn):
+    """list[int]: the token id inside every assistant turn (its <|im_end|> too), else IGNORE_INDEX (-100)."""
+    ids, header = [int(t) for t in input_ids], [int(t) for t in assistant_header]
+    labels, in_answer, i = [IGNORE_INDEX] * len(ids), False, 0
+    while i < len(ids):
+        if not attention_mask[i]:  # padding, found by position: its id is end_of_turn too
+            in_answer = False
+        elif in_answer:
+            labels[i] = ids[i]
+            in_answer = ids[i] != end_of_turn  # the end-of-turn token is the last target of the turn
+        elif ids[i : i + len(header)] == header:
+            in_answer, i = True, i + len(header)  # the header itself is a prompt, not a target
+            continue
+        i += 1
+    return labels
 
 
 # ---- chapter 07: DeepSpeed-Chat SFT ----
-def split_indices(size, data_split, train_phase, seed):
-    """Indices of phase train_phase's share of `size` records: a seeded shuffle cut at the cumulative shares."""
-    parts = [float(x) for x in data_split.split(",")]
+def phase_sizes(size, data_split):
+    """[n1, n2, n3]: how many of `size` records phases 1, 2 and 3 get from data_split such as "2,4,4"."""
+    try:
+        parts = [float(x) for x in str(data_split).split(",")]
+    except ValueError:
+        raise ValueError(f"data_split {data_split!r}: expected three comma-separated numbers") from None
+    if len(parts) != 3 or any(not x >= 0 for x in parts) or sum(parts) <= 0:
+        raise ValueError(
+            f"data_split {data_split!r}: expected three non-negative numbers with a positive sum"
+        )
     shares = [x / sum(parts) for x in parts]
-    bounds = [0] + [int(round(size * sum(shares[: i + 1]))) for i in range(3)]
-    order = np.random.RandomState(seed).permutation(size)
-    return order[bounds[train_phase - 1] : bounds[train_phase]].tolist()
+    bounds = [0] + [int(round(size * sum(shares[: i + 1]))) for i in range(3)]  # cumulative: ends at `size`
+    return [bounds[i + 1] - bounds[i] for i in range(3)]
 
 
 def first_stop(ids, stop_sequences):
