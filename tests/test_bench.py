@@ -42,3 +42,11 @@ def test_check_result_rejects_bad_ratios():
         bench.check_result({**good, "ratios": {"a": float("nan")}})
     with pytest.raises(ValueError, match="lacks 'ratios'"):
         bench.check_result({k: v for k, v in good.items() if k != "ratios"})
+
+
+def test_preset_quick_and_bad_sections():
+    cfg = bench.BenchConfig.preset(quick=True, steps=4, sections=["gemm"])
+    assert (cfg.quick, cfg.seq_len, cfg.gen_tokens, cfg.steps, cfg.sections) == (True, 64, 16, 4, ["gemm"])
+    assert bench.BenchConfig.preset().seq_len == 128
+    with pytest.raises(ValueError, match="unknown bench sections \\['nope'\\]; valid: train, gemm"):
+        bench.BenchConfig.preset(sections=["nope"])

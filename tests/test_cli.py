@@ -47,3 +47,11 @@ def test_parser_knows_the_commands():
     parser = cli.build_parser()
     assert parser.parse_args(["run", "00"]).chapters == ["00"]
     assert parser.parse_args(["fetch", "--verify"]).verify
+
+
+def test_figures_command_draws_every_diagram(tmp_path, capsys):
+    from sft_lessons.course import figures
+
+    assert cli.main(["figures", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(p.name for p in figures.draw_all(tmp_path))
+    assert len(capsys.readouterr().out.splitlines()) == len(figures.DIAGRAMS)

@@ -52,3 +52,15 @@ def test_exercise_listing_matches_notebook(path):
     registered = {k for k in exercises.EXERCISES if k.startswith(chapter + ".")}
     assert tagged == registered, f"{path.name}: exercise cells {tagged} vs registered checkers {registered}"
     assert {f"{chapter}.{e.number}" for e in listed if e.has_checker} == registered
+
+
+def test_run_table_prints_this_machines_matmul_rate_against_the_readmes():
+    from sft_lessons.paths import project_root
+
+    rows = [{"notebook": "00_overview.ipynb", "status": "ok", "seconds": 8.0}]
+    gemm = {"n": 2048, "dtype": "float32", "flops_per_s": course.README_GEMM_GFLOPS * 1e9 / 2}
+    table = course.format_run_table(rows, gemm)
+    assert "00_overview.ipynb  ok" in table and "total" in table
+    assert f"{course.README_GEMM_GFLOPS / 2:.0f} GFLOP/s" in table and "about 2.0x the README's times" in table
+    readme = (project_root() / "README.md").read_text(encoding="utf-8")
+    assert f"实测 {course.README_GEMM_GFLOPS} GFLOP/s" in readme  # the constant is the README's own figure
