@@ -7,11 +7,13 @@ Like DeepSpeed-Chat it stores the factors transposed: `lora_right_weight` = A^T 
 so the forward pass is x @ A^T @ B^T without transposes. Scaling convention: DeepSpeed-Chat's `lora_scaling` is peft's
 `lora_alpha` (s = lora_alpha / r in peft, lora_scaling / lora_dim here).
 
-Fixes over the seed material: `torch.nn.functional` (not `torch.functional`); no train()/eval() overrides that forget
-super() and the return value; idempotent fuse/unfuse; works with bias=None; the base weight is frozen; the LoRA factors
-are created on the base weight's device and dtype; A gets peft's Kaiming-uniform bound 1/sqrt(k) (initialising the
-transposed (k, r) tensor directly would use fan_in = r); clear errors for a bad lora_dim and for a module name that
-matches nothing.
+Compared with 教材原文's copy of DeepSpeed-Chat's layer (chapter 3 runs each point): it imports `torch.functional`,
+which has no `linear`, so its forward raises AttributeError; its eval()/train() overrides switch the dropout but never
+call super() or return self, so the layer's own `training` flag stays True and `layer.eval()` returns None; and
+Kaiming-uniform on the transposed (k, r) tensor reads fan_in = r, so A's bound is 1/sqrt(r) instead of peft's
+1/sqrt(k). Kept from it: the `fuse_lora` guard, bias=None, the frozen base weight, the move to the base weight's device
+and dtype (here already in the constructor). Added: clear errors for a bad lora_dim and for a module name that
+matches nothing, and the correctly spelt `lora_dropout` beside its `lora_droppout`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ LORA_KEYS = ("lora_right_weight", "lora_left_weight")
 
 
 def _resolve_dropout(lora_droppout: float, lora_dropout: float | None) -> float:
-    """One dropout value from the seed's misspelt keyword and the correct one."""
+    """One dropout value from 教材原文's misspelt keyword (`lora_droppout`) and the correct one."""
     if lora_dropout is None:
         return lora_droppout
     if lora_droppout not in (0, lora_dropout):
@@ -214,7 +216,7 @@ def copy_lora_to_peft(model: nn.Module, peft_model: nn.Module, adapter_name: str
 
 
 def lora_num_params(d: int, k: int, r: int) -> int:
-    """Trainable parameters of one LoRA pair: B (d, r) + A (r, k) = r (d + k) (the seed's d*r + r*d is wrong)."""
+    """Trainable parameters of one LoRA pair: B (d, r) + A (r, k) = r (d + k) (教材原文's d*r + r*d holds only when d = k)."""
     return r * (d + k)
 
 

@@ -6,6 +6,7 @@ prompt addition -> `PromptTemplate`; answer search -> `score_label_words`; answe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from .device import progress
 
 X_SLOT, Z_SLOT = "[X]", "[Z]"
 AGGREGATES = ("sum", "mean")
+# content-free inputs for contextual calibration, as in the code of Zhao et al. 2021 (run_classification.py)
+CONTENT_FREE = ("N/A", "", "[MASK]")
 PADDING_SIDES = ("left", "right")
 
 
@@ -160,23 +163,35 @@ def _pad_batch(seqs, pad_id, side, device):
     return ids.to(device), mask.to(device)
 
 
+def cached_batch_inputs(seqs, pad_id, prefix_length: int = 0, padding_side: str = "left", device="cpu") -> dict:
+    """Model inputs for a batch of queries behind a cached prefix of `prefix_length` tokens.
+
+    input_ids (b, T) padded on `padding_side`; attention_mask (b, P+T): the prefix all visible, padding hidden;
+    position_ids (b, T) with left padding: P, P+1, ... over the real tokens only (None with right padding).
+    """
+    ids, mask = _pad_batch(seqs, pad_id, padding_side, device)  # (b, T)
+    if prefix_length:
+        ones = torch.ones((ids.shape[0], prefix_length), dtype=mask.dtype, device=mask.device)
+        mask = torch.cat([ones, mask], dim=1)  # (b, P+T)
+    positions = None
+    if padding_side == "left":
+        # positions count real tokens only; left padding would otherwise shift every position by the pad count
+        positions = prefix_length + (mask[:, prefix_length:].cumsum(-1) - 1).clamp(min=0)  # (b, T)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+
+
 def _forward_log_probs(model, seqs, pad_id, n_last, prefix_cache=None, padding_side="left"):
     """log-softmax logits that predict the last `n_last` tokens of each sequence (and the next one): (b, n_last+1, V)."""
     device = next(model.parameters()).device
-    ids, mask = _pad_batch(seqs, pad_id, padding_side, device)  # (b, T)
+    past = prefix_cache.length if prefix_cache is not None else 0
+    inputs = cached_batch_inputs(seqs, pad_id, past, padding_side, device)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
     b, width = ids.shape
-    kwargs = {}
-    past = 0
+    kwargs = {"use_cache": prefix_cache is not None}
     if prefix_cache is not None:
-        past = prefix_cache.length
         kwargs["cache"] = prefix_cache.for_batch(b)  # a fresh copy: the model extends it in place
-        kwargs["use_cache"] = True
-        mask = torch.cat([torch.ones((b, past), dtype=mask.dtype, device=device), mask], dim=1)  # (b, P+T)
-    else:
-        kwargs["use_cache"] = False
     if padding_side == "left":
-        # positions count real tokens only; left padding would otherwise shift every position by the pad count
-        kwargs["position_ids"] = past + (mask[:, past:].cumsum(-1) - 1).clamp(min=0)  # (b, T)
+        kwargs["position_ids"] = inputs["position_ids"]
         kwargs["logits_to_keep"] = n_last + 1
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits.float()
@@ -305,11 +320,13 @@ def contextual_calibration(scores, content_free_scores):
     """(n, L) scores, (L,) or (m, L) content-free scores -> (n, L) calibrated log-probs (Zhao et al. 2021).
 
     W = diag(p_cf)^-1, b = 0: divide the label probabilities by those the LM gives a content-free input
-    such as "N/A", then renormalise. A content-free input then gets the uniform distribution.
+    such as "N/A", then renormalise. A content-free input then gets the uniform distribution. With several
+    content-free inputs (CONTENT_FREE), their label probabilities are averaged first.
     """
     p = scores.log_softmax(-1)  # (n, L)
-    cf = content_free_scores.reshape(-1, scores.shape[-1]).log_softmax(-1)  # (m, L)
-    p_cf = cf.exp().mean(0).log()  # (L,): average over content-free inputs, in probability space
+    cf = content_free_scores.reshape(-1, scores.shape[-1])  # (m, L)
+    # as the authors' code does: average the label probabilities of the m inputs, then renormalise over the labels
+    p_cf = (cf.logsumexp(0) - math.log(cf.shape[0])).log_softmax(-1)  # (L,)
     return (p - p_cf).log_softmax(-1)
 
 

@@ -210,3 +210,26 @@ def test_soft_prompt_trains_only_the_prompt(tok):
     scores = score_label_words(peft_model, tok, prompts, v, batch_size=2)
     one_by_one = torch.cat([score_label_words(peft_model, tok, [p], v) for p in prompts])
     torch.testing.assert_close(scores, one_by_one, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_batch_inputs_layout():
+    from sft_lessons.prompting import cached_batch_inputs
+
+    out = cached_batch_inputs([[5, 6, 7], [8]], pad_id=0, prefix_length=4)
+    assert out["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 1]]
+    assert out["position_ids"].tolist() == [[4, 5, 6], [4, 4, 4]]  # real tokens continue after the prefix
+    right = cached_batch_inputs([[5, 6, 7], [8]], pad_id=0, padding_side="right")
+    assert right["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]] and right["position_ids"] is None
+
+
+def test_calibration_averages_content_free_probabilities_before_normalising():
+    from sft_lessons.prompting import CONTENT_FREE, contextual_calibration
+
+    assert CONTENT_FREE == ("N/A", "", "[MASK]")
+    cf = torch.log(torch.tensor([[0.2, 0.2], [0.6, 0.0001]]))  # raw label-word probabilities of two inputs
+    expected = torch.tensor([0.4, 0.10005]) / 0.50005  # mean of the raw probabilities, then renormalised
+    scores = torch.log(torch.tensor([[0.5, 0.5]]))
+    got = contextual_calibration(scores, cf).exp()
+    want = (torch.tensor([0.5, 0.5]) / expected) / (torch.tensor([0.5, 0.5]) / expected).sum()
+    torch.testing.assert_close(got[0], want)
