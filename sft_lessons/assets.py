@@ -275,3 +275,15 @@ def fetch(name: str, force: bool = False, progress: bool = True) -> Path:
 def fetch_all(progress: bool = True) -> dict[str, Path]:
     """Fetch every registered asset; returns name -> path."""
     return {name: fetch(name, progress=progress) for name in REGISTRY}
+
+
+def fetch_and_verify(names=None, force: bool = False, full: bool = False) -> int:
+    """Fetch and verify `names` (default: every asset), printing one line each; 0 if all verify, else 1."""
+    for name in names or list(REGISTRY):
+        start = time.perf_counter()
+        path = fetch(name, force=force)
+        ok = verify(name, full=full)
+        print(f"{name}: {'verified' if ok else 'FAILED verification'} in {time.perf_counter() - start:.1f} s -> {path}")
+        if not ok:
+            return 1
+    return 0

@@ -71,7 +71,7 @@ class PrefixCache:
         device = next(model.parameters()).device
         with torch.no_grad():
             out = model(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
-        # per layer (1, kv_heads, P, head_dim); transformers < 5.2x called the cache `past_key_values`
+        # per layer (1, kv_heads, P, head_dim); transformers 5.24 still accepts the old name `past_key_values`
         self.layers = [(layer.keys, layer.values) for layer in out.cache.layers]
         self.length = len(prefix_ids)
 
@@ -148,7 +148,8 @@ def compare_prefix_cache(
     Demonstrations: `sample_demos(train, k, seed)`; queries: the first `n_queries` test reviews; the chapter's
     template and verbalizer. One warm-up of each path on a few queries, then `repeats` interleaved timed runs.
     Raises AssertionError unless every run predicts the same labels with label log-probs within 1e-3.
-    Token counts: the naive path runs the prefix once per query, the cached path once in all.
+    Token counts: the naive path runs the prefix once per query, the cached path once in all; `padded_*` also
+    count the left padding of each batch of `batch_size` queries.
     """
     if repeats < 1:
         raise ValueError(f"repeats={repeats}; valid: >= 1")
@@ -187,7 +188,11 @@ def compare_prefix_cache(
         raise AssertionError(f"the prefix-cache path disagrees with the naive path (log-prob diff {diff:.2e})")
     naive, cached = statistics.median(times[False]), statistics.median(times[True])
     prefix_tokens = len(encode(tokenizer, demo_prefix(demos, template, verbalizer)))
-    query_tokens = sum(len(encode(tokenizer, template.split(text)[0])) for text, _ in queries)
+    lengths = [len(encode(tokenizer, template.split(text)[0])) for text, _ in queries]
+    query_tokens = sum(lengths)
+    # what the model actually runs on: each batch is left-padded to its longest query
+    batches = [lengths[i : i + batch_size] for i in range(0, len(lengths), batch_size)]
+    padded_queries = sum(len(b) * max(b) for b in batches)
     return {
         "k": k,
         "n_queries": n_queries,
@@ -199,4 +204,8 @@ def compare_prefix_cache(
         "prefix_tokens": prefix_tokens,
         "tokens_naive": n_queries * prefix_tokens + query_tokens,  # the prefix once per query
         "tokens_cached": prefix_tokens + query_tokens,  # the prefix once
+        "padded_naive": n_queries * prefix_tokens + padded_queries,  # the same, padding included
+        "padded_cached": prefix_tokens + padded_queries,
+        "naive_times": times[False],  # seconds of every repeat, for the run-to-run spread
+        "cached_times": times[True],
     }

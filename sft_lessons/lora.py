@@ -7,13 +7,16 @@ Like DeepSpeed-Chat it stores the factors transposed: `lora_right_weight` = A^T 
 so the forward pass is x @ A^T @ B^T without transposes. Scaling convention: DeepSpeed-Chat's `lora_scaling` is peft's
 `lora_alpha` (s = lora_alpha / r in peft, lora_scaling / lora_dim here).
 
-Compared with 教材原文's copy of DeepSpeed-Chat's layer (chapter 3 runs each point): it imports `torch.functional`,
-which has no `linear`, so its forward raises AttributeError; its eval()/train() overrides switch the dropout but never
+Compared with 教材原文's copy of DeepSpeed-Chat's layer (chapter 3 runs each point): the copy imports
+`torch.functional`, which has no `linear`, so its forward raises AttributeError (DeepSpeed-Chat's own
+dschat/utils/module/lora.py imports `torch.nn.functional`); its eval()/train() overrides switch the dropout but never
 call super() or return self, so the layer's own `training` flag stays True and `layer.eval()` returns None; and
 Kaiming-uniform on the transposed (k, r) tensor reads fan_in = r, so A's bound is 1/sqrt(r) instead of peft's
-1/sqrt(k). Kept from it: the `fuse_lora` guard, bias=None, the frozen base weight, the move to the base weight's device
-and dtype (here already in the constructor). Added: clear errors for a bad lora_dim and for a module name that
-matches nothing, and the correctly spelt `lora_dropout` beside its `lora_droppout`.
+1/sqrt(k) (DeepSpeed-Chat's file has these two as well). Kept from it: the ValueError for lora_dim <= 0, the ZeRO-3
+`ds_shape` lookup, the `fuse_lora` guard, the frozen base weight, `bias` passed to `F.linear` (None allowed), and the
+move to the base weight's device and dtype (here already in the constructor). Changed: the lora_dim error names the
+problem and also rejects a non-integer; `s` multiplies the (..., r) intermediate instead of the (..., d) output.
+Added: an error for a module name that matches nothing, and the correctly spelt `lora_dropout` beside `lora_droppout`.
 """
 
 from __future__ import annotations

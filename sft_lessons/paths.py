@@ -13,15 +13,20 @@ def checkout_root() -> Path | None:
     return here if (here / "notebooks").is_dir() and (here / "pyproject.toml").is_file() else None
 
 
-def project_root() -> Path:
-    """The checkout root: the package's own checkout, else the nearest folder above cwd with notebooks/."""
+def find_checkout() -> Path | None:
+    """The package's own checkout, else the nearest folder above cwd with notebooks/ and pyproject.toml, else None."""
     root = checkout_root()
     if root is not None:
         return root
     for folder in [Path.cwd(), *Path.cwd().parents]:
         if (folder / "notebooks").is_dir() and (folder / "pyproject.toml").is_file():
             return folder
-    return Path.cwd()
+    return None
+
+
+def project_root() -> Path:
+    """The course checkout (see find_checkout); the current folder when there is none (nothing is written there)."""
+    return find_checkout() or Path.cwd()
 
 
 def notebooks_dir() -> Path:
@@ -30,8 +35,12 @@ def notebooks_dir() -> Path:
 
 
 def images_dir() -> Path:
-    """The committed diagrams that notebooks and the README show (redrawn only by `sft-lessons figures`)."""
-    return project_root() / "images"
+    """The committed diagrams that notebooks and the README show (redrawn only by `sft-lessons figures`).
+
+    Without a checkout (an installed copy run outside one) this is build/images in the cache, never ./images.
+    """
+    checkout = find_checkout()
+    return checkout / "images" if checkout is not None else build_dir() / "images"
 
 
 def build_dir() -> Path:

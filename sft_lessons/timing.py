@@ -1,7 +1,9 @@
 """Timing and memory measurement: device sync, interleaved timing, peak memory, GEMM rate (第 3 章, notebooks/03_lora_math.ipynb).
 
-Chapters 2, 3, 5 and the bench time things side by side; they all go through `timed_call` and
-`interleaved_times`, so a timing in this course always means: synchronised, after warm-up, interleaved.
+Every timing in the course is taken by `timed_call` (one call, device synchronised before and after);
+side-by-side comparisons (chapters 2, 3, 5) use `interleaved_times` (warm-up, then rounds A B C, C B A, ...).
+The bench's training loop and padding comparison interleave their own rounds around `timed_call`, because they also
+measure peak memory or check losses per step.
 """
 
 from __future__ import annotations

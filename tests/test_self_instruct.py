@@ -32,10 +32,10 @@ def test_lcs_and_tokens():
     )
 
 
-def test_rouge_l_matches_rouge_score_if_installed():
-    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+def test_rouge_l_matches_rouge_score():
+    from rouge_score import rouge_scorer  # in the dev extra: this parity test must run
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    for cand, ref, _ in ROUGE_L_CASES[:5]:
+    for cand, ref, _ in ROUGE_L_CASES:
         assert si.rouge_l(cand, ref) == pytest.approx(scorer.score(ref, cand)["rougeL"].fmeasure)
 
 

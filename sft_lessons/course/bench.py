@@ -424,3 +424,18 @@ def check_result(result: dict) -> None:
     for name, value in result["ratios"].items():
         if not (isinstance(value, float) and math.isfinite(value) and value > 0):
             raise ValueError(f"ratio {name} = {value!r} is not finite and positive")
+
+
+def main(quick=False, compile=False, steps=None, sections=None, out=None) -> int:
+    """`sft-lessons bench`: run, check, write bench.json and bench.png into `out` (default build/), print the table."""
+    from ..paths import build_dir
+
+    result = run_bench(BenchConfig.preset(quick=quick, compile=compile, steps=steps, sections=sections))
+    check_result(result)
+    out = Path(out) if out else build_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "bench.png")
+    print(markdown_table(result))
+    print(f"\nwrote {out.name}/bench.json and {out.name}/bench.png")
+    return 0

@@ -1,23 +1,21 @@
-"""The `sft-lessons` command: fetch assets, run the lessons headless, open JupyterLab."""
+"""The `sft-lessons` command: run, fetch, figures, slides, practice, exercises, bench, sft, lab (argparse + dispatch)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
-import time
 from pathlib import Path
 
 
 def cmd_run(args) -> int:
+    from ..device import get_device
     from ..paths import build_dir
     from ..timing import gemm_flops_per_s
     from .notebooks import format_run_table, run_notebooks
 
     out = Path(args.out) if args.out else build_dir()
     rows = run_notebooks(args.chapters, out, timeout=args.timeout, write_back=args.write_back)
-    print("\n" + format_run_table(rows, gemm_flops_per_s("cpu")))
+    print("\n" + format_run_table(rows, gemm_flops_per_s(get_device())))  # the device the notebooks used
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
@@ -30,19 +28,9 @@ def cmd_figures(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from ..assets import REGISTRY, fetch, verify
+    from ..assets import fetch_and_verify
 
-    names = args.names or list(REGISTRY)
-    for name in names:
-        start = time.perf_counter()
-        path = fetch(name, force=args.force)
-        ok = verify(name, full=args.verify)
-        print(
-            f"{name}: {'verified' if ok else 'FAILED verification'} in {time.perf_counter() - start:.1f} s -> {path}"
-        )
-        if not ok:
-            return 1
-    return 0
+    return fetch_and_verify(args.names, force=args.force, full=args.verify)
 
 
 def cmd_lab(args) -> int:
@@ -54,14 +42,12 @@ def cmd_lab(args) -> int:
 
 
 def cmd_slides(args) -> int:
-    from ..paths import build_dir, notebooks_dir, project_root
-    from .notebooks import export_slides, fetch_web_libs, select_notebooks
+    from ..paths import build_dir, notebooks_dir
+    from .notebooks import copy_images_beside, export_slides, fetch_web_libs, select_notebooks
 
     out = Path(args.out) if args.out else build_dir() / "slides"
     libs = fetch_web_libs()
-    images = project_root() / "images"
-    if images.is_dir():  # markdown may reference ../images/*.png relative to the deck
-        shutil.copytree(images, out.parent / "images", dirs_exist_ok=True)
+    copy_images_beside(out)
     for nb in select_notebooks(args.chapters, notebooks_dir()):
         print(export_slides(nb, out, libs).relative_to(out.parent.parent))
     return 0
@@ -69,9 +55,10 @@ def cmd_slides(args) -> int:
 
 def cmd_practice(args) -> int:
     from ..paths import build_dir, notebooks_dir
-    from .notebooks import practice_copy, select_notebooks
+    from .notebooks import copy_images_beside, practice_copy, select_notebooks
 
     out = Path(args.out) if args.out else build_dir() / "practice"
+    copy_images_beside(out)
     for nb in select_notebooks(args.chapters, notebooks_dir()):
         print(practice_copy(nb, out).relative_to(out.parent.parent))
     return 0
@@ -90,19 +77,9 @@ def cmd_exercises(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from ..paths import build_dir
-    from .bench import BenchConfig, check_result, markdown_table, plot, run_bench
+    from .bench import main as bench_main
 
-    cfg = BenchConfig.preset(quick=args.quick, compile=args.compile, steps=args.steps, sections=args.sections)
-    result = run_bench(cfg)
-    check_result(result)
-    out = Path(args.out) if args.out else build_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result, indent=1))
-    plot(result, out / "bench.png")
-    print(markdown_table(result))
-    print(f"\nwrote {out.name}/bench.json and {out.name}/bench.png")
-    return 0
+    return bench_main(quick=args.quick, compile=args.compile, steps=args.steps, sections=args.sections, out=args.out)
 
 
 def cmd_sft(args) -> int:

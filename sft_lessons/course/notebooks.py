@@ -42,6 +42,11 @@ EXERCISE_KEY = re.compile(r"^#\s*exercise\s+(\d\d\.\d+)", re.M)
 def select_notebooks(chapters: list[str], folder: Path) -> list[Path]:
     """Notebooks in order; `chapters` are prefixes like '00' or '3' (empty means all)."""
     all_nbs = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    if not all_nbs:
+        raise SystemExit(
+            f"no notebooks in {folder}: the notebooks are not part of the installed package; "
+            "run sft-lessons from a checkout of the course (git clone, then pip install -e .)"
+        )
     if not chapters:
         return all_nbs
     chosen = []
@@ -212,7 +217,6 @@ def practice_copy(notebook: Path, out_dir: Path) -> Path:
 
     from .exercises import EXERCISES
 
-    _load_all_exercises()
     nb = nbformat.read(notebook, as_version=4)
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -230,9 +234,12 @@ def practice_copy(notebook: Path, out_dir: Path) -> Path:
     return path
 
 
-def _load_all_exercises() -> None:
-    """Import the solutions module so every chapter's checkers are registered."""
-    import sft_lessons.course.solutions  # noqa: F401
+def copy_images_beside(out_dir: Path) -> None:
+    """Copy images/ next to out_dir, where the notebooks' '../images/*.png' points from out_dir."""
+    from ..paths import images_dir
+
+    if images_dir().is_dir():
+        shutil.copytree(images_dir(), Path(out_dir).parent / "images", dirs_exist_ok=True)
 
 
 @dataclass
@@ -249,7 +256,6 @@ def list_exercises(notebook: Path) -> list[ListedExercise]:
 
     from .exercises import EXERCISES
 
-    _load_all_exercises()
     nb = nbformat.read(notebook, as_version=4)
     chapter = notebook.name[:2]
     items = []
