@@ -83,6 +83,11 @@ class PrefixCache:
         )
 
 
+def by_length(lengths: list[int]) -> list[int]:
+    """Indices that sort the queries shortest first (stable), so each batch is padded less."""
+    return sorted(range(len(lengths)), key=lengths.__getitem__)
+
+
 @dataclass
 class ICLResult:
     """Accuracy, predictions (n,), label log-probs (n, L) and wall time of one ICL evaluation."""
@@ -107,6 +112,7 @@ def icl_accuracy(
     """k-shot accuracy on `eval_set`; use_cache=True runs the demonstrations once and reuses their KV cache.
 
     Prefix and query are tokenized separately and their ids concatenated, so both paths see the same ids.
+    Queries are batched shortest first (less left padding); results come back in the order of `eval_set`.
     """
     pairs = as_pairs(eval_set)
     parts = [template.split(text) for text, _ in pairs]
@@ -124,7 +130,9 @@ def icl_accuracy(
             kwargs["prefix_cache"] = PrefixCache(model, prefix_ids)
         else:
             kwargs["prefix_ids"] = prefix_ids  # naive: the prefix is recomputed for every query
-        return score_label_words(model, tokenizer, [p for p, _ in parts], verbalizer, **kwargs)
+        order = by_length([len(encode(tokenizer, p)) for p, _ in parts])
+        sorted_scores = score_label_words(model, tokenizer, [parts[i][0] for i in order], verbalizer, **kwargs)
+        return sorted_scores[torch.argsort(torch.tensor(order))]  # (n, L) back in the input order
 
     seconds, scores = timed_call(score, next(model.parameters()).device)
     log_probs = scores.log_softmax(-1)
@@ -149,7 +157,7 @@ def compare_prefix_cache(
     template and verbalizer. One warm-up of each path on a few queries, then `repeats` interleaved timed runs.
     Raises AssertionError unless every run predicts the same labels with label log-probs within 1e-3.
     Token counts: the naive path runs the prefix once per query, the cached path once in all; `padded_*` also
-    count the left padding of each batch of `batch_size` queries.
+    count the left padding of each batch of `batch_size` queries (shortest first, as `icl_accuracy` batches them).
     """
     if repeats < 1:
         raise ValueError(f"repeats={repeats}; valid: >= 1")
@@ -190,7 +198,8 @@ def compare_prefix_cache(
     prefix_tokens = len(encode(tokenizer, demo_prefix(demos, template, verbalizer)))
     lengths = [len(encode(tokenizer, template.split(text)[0])) for text, _ in queries]
     query_tokens = sum(lengths)
-    # what the model actually runs on: each batch is left-padded to its longest query
+    # what the model actually runs on: icl_accuracy batches shortest first, each batch left-padded to its longest
+    lengths = [lengths[i] for i in by_length(lengths)]
     batches = [lengths[i : i + batch_size] for i in range(0, len(lengths), batch_size)]
     padded_queries = sum(len(b) * max(b) for b in batches)
     return {

@@ -99,6 +99,27 @@ def test_prefix_cache_is_not_mutated(tok):
         PrefixCache(model, [])
 
 
+def test_batches_shortest_first_and_returns_input_order(tok, monkeypatch):
+    """Queries go to the model shortest first; predictions and log-probs come back in the caller's order."""
+    from sft_lessons import icl
+
+    model = tiny_causal_lm("llama")
+    seen = []
+    score = icl.score_label_words
+
+    def spy(model, tokenizer, prompts, verbalizer, **kwargs):
+        seen.append([len(encode(tokenizer, p)) for p in prompts])
+        return score(model, tokenizer, prompts, verbalizer, **kwargs)
+
+    reference = icl_accuracy(model, tok, DEMOS, QUERIES, TEMPLATE, VERBALIZER, batch_size=1)  # no padding at all
+    monkeypatch.setattr(icl, "score_label_words", spy)
+    batched = icl_accuracy(model, tok, DEMOS, QUERIES, TEMPLATE, VERBALIZER, batch_size=2)
+    assert seen[0] == sorted(seen[0]) and seen[0] != [len(encode(tok, TEMPLATE.split(q)[0])) for q, _ in QUERIES]
+    torch.testing.assert_close(batched.log_probs, reference.log_probs, atol=1e-5, rtol=1e-5)
+    assert torch.equal(batched.predictions, reference.predictions)
+    assert icl.by_length([3, 1, 2, 1]) == [1, 3, 2, 0]  # stable: ties keep their order
+
+
 def test_zero_shot_is_k0(tok):
     """k = 0 is plain zero-shot classification: the same label log-probs, predictions and accuracy."""
     from sft_lessons.prompting import zero_shot_classify
@@ -158,6 +179,10 @@ def test_compare_prefix_cache_on_tiny_model(tok, monkeypatch):
     query = sum(len(encode(tok, template.split(text)[0])) for text, _ in queries)
     counts = (r["prefix_tokens"], r["tokens_naive"], r["tokens_cached"])
     assert counts == (prefix, 4 * prefix + query, prefix + query)  # n * P + Q against P + Q
+    lengths = [len(encode(tok, template.split(text)[0])) for text, _ in queries]
+    padded = 4 * max(lengths)  # one batch of 4, left-padded to its longest query
+    assert (r["padded_naive"], r["padded_cached"]) == (4 * prefix + padded, prefix + padded)
+    assert r["naive_times"] == [3.0, 1.0, 2.0] and r["cached_times"] == [0.25, 1.0, 0.5]  # every repeat
     model.eval()
     naive = icl_accuracy(model, tok, demos, queries, template, verbalizer, use_cache=False)
     cached = icl_accuracy(model, tok, demos, queries, template, verbalizer, use_cache=True)
@@ -166,6 +191,10 @@ def test_compare_prefix_cache_on_tiny_model(tok, monkeypatch):
     json.dumps(r)  # JSON-ready
     with pytest.raises(ValueError, match="n_queries=0"):
         icl.compare_prefix_cache(model, tok, n_queries=0)
+    r3 = icl.compare_prefix_cache(model, tok, k=4, n_queries=4, repeats=3, batch_size=3)  # batches of 3 and 1
+    short = sorted(lengths)  # icl_accuracy batches the shortest queries first
+    assert r3["padded_cached"] == prefix + 3 * short[2] + short[3]
+    assert r3["padded_naive"] == 4 * prefix + 3 * short[2] + short[3]
 
 
 def test_compare_prefix_cache_catches_a_wrong_cache(tok, monkeypatch):
