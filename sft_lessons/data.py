@@ -14,6 +14,8 @@ IGNORE_INDEX = -100  # the label the loss skips: torch.nn.CrossEntropyLoss's def
 
 DATA_DIR = Path(__file__).parent / "data"
 REVIEW_FIELDS = {"id": str, "text": str, "label": int, "style": str, "genre": str, "split": str}
+OOD_REVIEW_FIELDS = {"id": str, "text": str, "label": int, "kind": str}
+REVIEW_LABELS = ["neg", "pos"]  # ClassLabel names shared by load_reviews and load_ood_reviews
 
 
 class DataFormatError(ValueError):
@@ -70,7 +72,7 @@ def load_reviews(use_hub: bool | None = None):
         imdb = load_dataset("imdb")
         return DatasetDict(train=imdb["train"], test=imdb["test"])
     records = load_jsonl(data_path("reviews.jsonl"), REVIEW_FIELDS)
-    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    features = Features({"text": Value("string"), "label": ClassLabel(names=REVIEW_LABELS)})
     splits = {}
     for split in ("train", "test"):
         rows = [r for r in records if r["split"] == split]
@@ -78,3 +80,12 @@ def load_reviews(use_hub: bool | None = None):
             {"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]}, features=features
         )
     return DatasetDict(splits)
+
+
+def load_ood_reviews():
+    """Dataset of the out-of-distribution test reviews (text, label, kind); report on it, never choose with it."""
+    records = load_jsonl(data_path("reviews_ood.jsonl"), OOD_REVIEW_FIELDS)
+    features = Features(
+        {"text": Value("string"), "label": ClassLabel(names=REVIEW_LABELS), "kind": Value("string")}
+    )
+    return Dataset.from_dict({key: [r[key] for r in records] for key in features}, features=features)

@@ -1,7 +1,7 @@
 """The toy context-extension experiment, a passkey probe and forward timing (第 5 章, notebooks/05_context_extension.ipynb).
 
-Copy and passkey data, a tiny Llama (RoPE or ALiBi), training and evaluation, a passkey-retrieval probe
-and forward-pass timing for the real model.
+Copy and passkey data, a tiny Llama (RoPE or ALiBi), training, per-example scoring, where the copied token comes
+from, every layer-0 attention logit by distance, and for the real model a passkey-retrieval probe and forward timing.
 """
 
 from __future__ import annotations
@@ -9,17 +9,20 @@ from __future__ import annotations
 import copy
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy import stats as sps
 from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import repeat_kv
 
 from .data import IGNORE_INDEX
 from .device import progress
-from .rope import alibi_bias, rope_parameters_for
+from .rope import alibi_bias, rope_parameters_for, rotate_half
+from .stats import Proportion, over_seeds
 from .timing import CLOCKS, interleaved_times
 
 
@@ -83,11 +86,11 @@ def task_losses(logits, labels, is_passkey):
 
 @dataclass(frozen=True)
 class TinyLlamaConfig:
-    """The toy model: a 4-layer Llama trained from scratch at train_len tokens."""
+    """The toy model: a 2-layer Llama trained from scratch at train_len tokens (head_dim 16: 8 RoPE pairs)."""
 
-    hidden_size: int = 128
-    intermediate_size: int = 256
-    num_hidden_layers: int = 4
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
     num_attention_heads: int = 4
     rope_theta: float = 10_000.0
     train_len: int = 64
@@ -190,6 +193,7 @@ def train(
     warmup: int = 20,
     seed: int = 0,
     eval_every: int = 0,
+    eval_batch_size: int = 64,
 ):
     """AdamW, warmup + cosine; loss = copy loss + passkey loss. Returns {"loss": [...], "eval": [(step, metrics)]}."""
     device = next(model.parameters()).device
@@ -202,7 +206,7 @@ def train(
 
     for step in progress(range(steps + 1), "train"):
         if eval_every and (step % eval_every == 0 or step == steps):
-            history["eval"].append((step, evaluate(model, task, seq_len)))
+            history["eval"].append((step, evaluate(model, task, seq_len, eval_batch_size)))
         if step == steps:
             break
         model.train()
@@ -230,6 +234,94 @@ def evaluate(model, task: LongRangeTask, seq_len: int, batch_size: int = 64, see
         logits = model(input_ids=ids.to(device)).logits
     model.train(was_training)
     return {k: v.item() for k, v in task_losses(logits, labels.to(device), is_passkey.to(device)).items()}
+
+
+def score_examples(
+    model, task: LongRangeTask, seq_len: int, n_copy: int = 64, n_passkey: int = 256, seed: int = 1234,
+    batch_size: int = 64,
+):  # fmt: skip
+    """Per-example results on a fixed set: copy_correct (n_copy, L/2-1) bool, passkey_correct (n_passkey,) bool, mean losses."""
+    device = next(model.parameters()).device
+    kinds = {"copy": (n_copy, 0.0), "passkey": (n_passkey, 1.0)}
+    out = {}
+    model.eval()
+    for offset, (name, (n, share)) in enumerate(kinds.items()):
+        if n == 0:
+            continue
+        gen = torch.Generator().manual_seed(seed + seq_len + offset)  # the same examples for every model
+        ids, labels, _ = replace(task, passkey_share=share).batch(n, seq_len, gen)
+        correct, losses, predictions = [], [], []
+        for start in range(0, n, batch_size):
+            ids_b, lab_b = ids[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
+            with torch.no_grad():
+                logits = model(input_ids=ids_b).logits[:, :-1].float()  # position t predicts token t+1
+            lab_b = lab_b[:, 1:]
+            scored = lab_b != IGNORE_INDEX
+            losses.append(F.cross_entropy(logits[scored], lab_b[scored], reduction="sum").item())
+            pred = logits.argmax(-1)  # (b, L-1)
+            correct.append((pred == lab_b)[scored].view(len(lab_b), -1).cpu())  # (b, scored per row)
+            predictions.append(pred[scored].view(len(lab_b), -1).cpu())
+        out[f"{name}_correct"] = torch.cat(correct).squeeze(-1) if name == "passkey" else torch.cat(correct)
+        out[f"{name}_loss"] = sum(losses) / out[f"{name}_correct"].numel()
+        if name == "copy":
+            out["copy_ids"], out["copy_pred"] = ids, torch.cat(predictions)
+    return out
+
+
+def copy_accuracy(copy_correct, seed: int = 0) -> Proportion:
+    """Token accuracy of (n_seq, tokens) copy flags, with a 95 % bootstrap interval that resamples whole sequences."""
+    flags = copy_correct.float().numpy()  # tokens of one sequence are not independent: resample sequences
+    per_seq = flags.mean(1)
+    if per_seq.min() == per_seq.max():
+        low = high = float(per_seq[0])
+    else:
+        ci = sps.bootstrap((per_seq,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(seed))
+        low, high = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
+    return Proportion(int(flags.sum()), flags.size, low, high)
+
+
+def mean_sd_table(values: dict, digits: int = 3) -> pd.DataFrame:
+    """{(row, column): [one value per seed]} -> DataFrame of 'mean ± sd' strings (rows x columns; '' where missing)."""
+    cells = {key: f"{s.mean:.{digits}f} ± {s.sd:.{digits}f}" for key, s in
+             ((key, over_seeds(v)) for key, v in values.items())}  # fmt: skip
+    rows, cols = dict.fromkeys(k[0] for k in cells), dict.fromkeys(k[1] for k in cells)
+    return pd.DataFrame({c: {r: cells.get((r, c), "") for r in rows} for c in cols})
+
+
+def copy_source_profile(copy_ids, copy_pred):
+    """(n, L) copy inputs, (n, L/2-1) predictions -> (L/2+1,) share of predictions equal to the token k back, k=0..L/2.
+
+    The right answer is k = L/2 (and k = 0, the target itself); a model that learned a fixed offset peaks elsewhere.
+    """
+    seq_len = copy_ids.shape[1]
+    half = seq_len // 2
+    targets = torch.arange(half + 1, seq_len)  # positions of the scored tokens
+    return torch.stack(
+        [(copy_pred == copy_ids[:, targets - k]).float().mean() for k in range(half + 1)]
+    )  # fmt: skip
+
+
+# ---- the mechanism: layer-0 attention logits by relative distance ----
+
+
+def first_layer_logits(model, seq_len: int):
+    """(seq_len, heads, V, V) layer-0 logits q_a . k_b / sqrt(head_dim) for every query token a, key token b, distance.
+
+    Layer 0 sees only token embeddings, so its logit depends on the two tokens and their distance alone: this
+    table holds every value layer 0 can produce at these distances, not a sample. Uses the model's own rotary
+    embedding (scaled frequencies, dynamic update and YaRN's cos/sin factor included).
+    """
+    attn, emb = model.model.layers[0].self_attn, model.model.embed_tokens.weight
+    with torch.no_grad():
+        h = model.model.layers[0].input_layernorm(emb)  # (V, hidden)
+        q = attn.q_proj(h).view(len(h), -1, attn.head_dim).transpose(0, 1)  # (H, V, hd)
+        k = attn.k_proj(h).view(len(h), -1, attn.head_dim).transpose(0, 1)  # (H_kv, V, hd)
+        k = repeat_kv(k[None], attn.num_key_value_groups)[0]  # (H, V, hd)
+        cos, sin = model.model.rotary_emb(h[None], torch.arange(seq_len, device=h.device)[None])  # (1, T, hd)
+        cos, sin = cos[0, :, None, None], sin[0, :, None, None]  # (T, 1, 1, hd)
+        q_at_d = q * cos + rotate_half(q) * sin  # (T, H, V, hd): the query at position d
+        k_at_0 = k * cos[0] + rotate_half(k) * sin[0]  # (H, V, hd): the key at position 0
+        return q_at_d @ k_at_0.transpose(-1, -2) * attn.scaling  # (T, H, V, V)
 
 
 # ---- the real model: passkey retrieval and forward timing ----

@@ -16,6 +16,7 @@ OPTIMIZERS = {
     "sgd": (0, 0),
 }
 GB = 1e9
+GiB = 2**30  # the unit of the memory tables in chapters 4 and 7
 MB = 1e6
 
 
@@ -31,6 +32,7 @@ def estimate_training_memory(
     blocksize: int = 64,
     double_quant: bool = False,
     activation_bytes: float = 0.0,
+    unquantized_params: float = 0.0,
 ) -> dict[str, float]:
     """Bytes of weights, quantization constants, gradients, optimizer states, master weights, activations, total.
 
@@ -41,6 +43,8 @@ def estimate_training_memory(
     grad_bits: gradient precision (default: trainable_bits). master_weights: an extra fp32 copy of every trainable
     parameter (mixed-precision training). double_quant: 8-bit absmax constants in blocks of 256 (QLoRA's DQ).
     activation_bytes: from `activation_memory` or a measurement; it does not depend on how many parameters train.
+    unquantized_params: frozen parameters a 4- or 8-bit model keeps at 16 bits (bitsandbytes replaces only the
+    nn.Linear layers inside the blocks, so the embeddings and lm_head stay 16-bit); no quantization constants.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
@@ -48,16 +52,23 @@ def estimate_training_memory(
         raise ValueError(f"weight_bits must be 4, 8, 16 or 32, got {weight_bits!r}")
     if not 0 <= trainable_params <= n_params:
         raise ValueError(f"need 0 <= trainable_params <= n_params, got {trainable_params!r} and {n_params!r}")
+    if not 0 <= unquantized_params <= n_params - trainable_params:
+        raise ValueError(
+            f"need 0 <= unquantized_params <= frozen parameters ({n_params - trainable_params!r}), "
+            f"got {unquantized_params!r}"
+        )
     trainable_bits = trainable_bits or max(weight_bits, 16)
     grad_bits = grad_bits or trainable_bits
-    frozen = n_params - trainable_params
+    kept_bits = max(weight_bits, 16)  # the unquantized frozen parameters
+    frozen = n_params - trainable_params - unquantized_params  # stored at weight_bits
     constants = 0.0
     if weight_bits == 4:  # one fp32 absmax per block, or 8-bit ones plus an fp32 scale per 256 blocks
         per_block = 8 / blocksize + 32 / (blocksize * 256) if double_quant else 32 / blocksize
         constants = frozen * per_block / 8
     states, state_bits = OPTIMIZERS[optimizer]
     out = {
-        "weights": frozen * weight_bits / 8 + trainable_params * trainable_bits / 8,
+        "weights": frozen * weight_bits / 8 + unquantized_params * kept_bits / 8
+        + trainable_params * trainable_bits / 8,
         "quant_constants": constants,
         "gradients": trainable_params * grad_bits / 8,
         "optimizer_states": trainable_params * states * state_bits / 8,

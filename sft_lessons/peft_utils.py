@@ -92,6 +92,23 @@ def classification_dataset(tokenizer, reviews, max_length: int = 64):
     return data.remove_columns([c for c in data["train"].column_names if c not in keep])
 
 
+def predict_labels(model, tokenizer, dataset, batch_size: int = 64):
+    """Predicted class of every row of a tokenized dataset, in order -> np.ndarray (n,)."""
+    collate = DataCollatorWithPadding(tokenizer)
+    keep = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in dataset.column_names]
+    rows = dataset.select_columns(keep)
+    was_training = model.training
+    model.eval()
+    predictions = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+            batch = {key: value.to(model.device) for key, value in batch.items()}
+            predictions.append(model(**batch).logits.argmax(-1).cpu())  # (b,)
+    model.train(was_training)
+    return torch.cat(predictions).numpy()
+
+
 def step_timer():
     """A TrainerCallback timing each training step (forward, backward, optimizer; not evaluation)."""
     class StepTimer(TrainerCallback):
@@ -125,8 +142,15 @@ def train_classifier(
     seed: int = 0,
     output_dir: str | None = None,
     callbacks=(),
+    eval_split: str = "test",
+    optimizer=None,
 ):
-    """Train with HF Trainer, evaluating each epoch -> (trainer, result dict with times and per-epoch accuracy)."""
+    """Train on data['train'] with HF Trainer, scoring data[eval_split] each epoch -> (trainer, result dict).
+
+    optimizer: a ready optimizer (e.g. peft's LoRA+ one); by default Trainer builds AdamW from learning_rate.
+    """
+    if eval_split not in data:
+        raise ValueError(f"eval_split={eval_split!r} is not a split of data; valid: {', '.join(data)}")
     args = TrainingArguments(
         output_dir=output_dir or tempfile.mkdtemp(prefix="sft_lessons_"),
         num_train_epochs=epochs,
@@ -147,11 +171,12 @@ def train_classifier(
         model=model,
         args=args,
         train_dataset=data["train"],
-        eval_dataset=data["test"],
+        eval_dataset=data[eval_split],
         processing_class=tokenizer,  # was tokenizer=
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=_accuracy,
         callbacks=[timer := step_timer(), *callbacks],
+        optimizers=(optimizer, None),  # None, None: Trainer's own AdamW and linear schedule
     )
     trainer.remove_callback(PrinterCallback)  # disable_tqdm=True would otherwise print every log dict
     cuda = model.device.type == "cuda"

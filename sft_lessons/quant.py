@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from .device import get_device
 from .models import quiet_from_pretrained, resolve
 
-NF4_OFFSET = 0.9677083  # outermost quantile used by QLoRA / bitsandbytes' create_normal_map
+NF4_OFFSET = 0.9677083  # the probability level of the outermost quantile (bitsandbytes create_normal_map)
 BLOCKSIZE = 64  # QLoRA's first-level block size
 DQ_BLOCKSIZE = 256  # block size for the second (double) quantization of the absmax constants
 FORMATS = ("nf4", "fp4", "int8")

@@ -120,6 +120,21 @@ def style_metrics(results: list[dict]) -> dict:
     }
 
 
+def answer_token_losses(model, batch):
+    """Per row: the summed next-token loss over labelled (non -100) tokens, and their count -> two (b,) arrays."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    model.train(was_training)
+    targets = batch["labels"][:, 1:]  # (b, T-1): the causal shift
+    losses = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # (b, T-1), 0 where ignored
+    counted = targets != IGNORE_INDEX
+    return (losses * counted).sum(1).cpu().numpy(), counted.sum(1).cpu().numpy()
+
+
 def perplexity(model, dataset, batch_size: int = 16) -> float:
     """exp(mean next-token loss) over the labelled (non -100) tokens of a phase-1 dataset, token-weighted."""
     total, count = 0.0, 0

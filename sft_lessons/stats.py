@@ -120,6 +120,44 @@ def compare_paired(correct_a, correct_b, n_resamples: int = 2000, seed: int = 0)
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class MeanDifference:
+    """Mean of B minus mean of A over the same examples (weighted), with a paired bootstrap interval."""
+
+    n: int
+    diff: float
+    low: float
+    high: float
+
+    @property
+    def significant(self) -> bool:
+        """The interval of the difference excludes 0."""
+        return self.low > 0 or self.high < 0
+
+    def __str__(self) -> str:
+        return f"{self.diff:+.3f} [{self.low:+.3f}, {self.high:+.3f}], n={self.n}"
+
+
+def paired_mean_difference(values_a, values_b, weights=None, n_resamples: int = 2000, seed: int = 0,
+                           confidence: float = 0.95) -> MeanDifference:
+    """Weighted mean(b) - mean(a) on paired examples, with a percentile bootstrap interval over the examples.
+
+    weights: e.g. each example's token count, so that the means are per token; equal weights by default.
+    """
+    a, b = np.asarray(values_a, dtype=float), np.asarray(values_b, dtype=float)
+    w = np.ones_like(a) if weights is None else np.asarray(weights, dtype=float)
+    if not a.shape == b.shape == w.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"need three 1-D arrays of one length >= 2, got {a.shape}, {b.shape}, {w.shape}")
+    if (w < 0).any() or w.sum() == 0:
+        raise ValueError("weights must be >= 0 with a positive sum")
+    delta = b - a
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_resamples, len(a)))  # (R, n) resampled examples
+    boot = (w[idx] * delta[idx]).sum(1) / np.maximum(w[idx].sum(1), 1e-12)  # (R,)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(boot, [tail, 100 - tail])
+    return MeanDifference(len(a), float((w * delta).sum() / w.sum()), float(low), float(high))
+
+
 def fisher_exact(k_a: int, n_a: int, k_b: int, n_b: int) -> float:
     """Two-sided p-value that two independent proportions k_a/n_a and k_b/n_b are equal (Fisher's exact test)."""
     if min(n_a, n_b) < 1 or not (0 <= k_a <= n_a and 0 <= k_b <= n_b):

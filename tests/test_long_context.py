@@ -115,3 +115,69 @@ def test_time_forward_on_a_tiny_model(monkeypatch):
     monkeypatch.setattr(lc, "interleaved_times", fake_interleaved_times)
     assert lc.time_forward(model, (8, 16), repeats=3, clock="cpu") == {8: 0.1, 16: 0.4}
     assert asked == [([8, 16], 3, 0, "cpu")] and seen == [(1, 8), (1, 16)]
+
+
+def _tiny(task, heads=2):
+    return lc.TinyLlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=heads)
+
+
+def test_score_examples_is_fixed_and_chunk_free(task):
+    model = lc.build_tiny_llama(task, _tiny(task)).eval()
+    out = lc.score_examples(model, task, 16, n_copy=5, n_passkey=7, batch_size=3)
+    assert out["copy_correct"].shape == (5, 7) and out["passkey_correct"].shape == (7,)
+    assert out["copy_ids"].shape == (5, 16) and out["copy_pred"].shape == (5, 7)
+    again = lc.score_examples(model, task, 16, n_copy=5, n_passkey=7, batch_size=64)  # one chunk
+    for key in ("copy_correct", "passkey_correct", "copy_pred"):
+        assert torch.equal(out[key], again[key])  # the same examples, whatever the chunking
+    assert abs(out["copy_loss"] - again["copy_loss"]) < 1e-5
+    assert torch.equal(out["copy_pred"] == out["copy_ids"][:, 9:], out["copy_correct"])  # flags = prediction hits
+    copy_only = lc.score_examples(model, task, 16, n_copy=2, n_passkey=0)
+    assert "passkey_correct" not in copy_only and torch.equal(copy_only["copy_ids"], out["copy_ids"][:2])
+
+
+def test_copy_accuracy_resamples_sequences():
+    flags = torch.tensor([[True] * 4, [False] * 4, [True, True, False, False], [True] * 4])
+    p = lc.copy_accuracy(flags)
+    assert (p.k, p.n) == (10, 16) and p.low < p.value < p.high
+    assert p.low >= 0.0 and p.high <= 1.0
+    same = lc.copy_accuracy(torch.ones(3, 5, dtype=torch.bool))
+    assert (same.low, same.high) == (1.0, 1.0)
+
+
+def test_copy_source_profile_finds_the_offset():
+    ids = torch.tensor([[1, 2, 3, 4, 1, 2, 3, 4], [5, 6, 7, 8, 5, 6, 7, 8]])  # (2, 8): targets at 5, 6, 7
+    right = ids[:, 5:]
+    profile = lc.copy_source_profile(ids, right)
+    assert profile.shape == (5,) and profile[0] == 1 and profile[4] == 1  # k = 0 (itself) and k = L/2
+    assert profile[1:4].max() == 0
+    one_back = ids[:, 4:7]  # predicts the token just before the target
+    assert lc.copy_source_profile(ids, one_back).argmax() == 1
+
+
+def test_mean_sd_table():
+    table = lc.mean_sd_table({("a", 64): [1.0, 3.0], ("a", 128): [2.0, 2.0], ("b", 64): [0.5]}, digits=2)
+    assert list(table.index) == ["a", "b"] and list(table.columns) == [64, 128]
+    assert table.loc["a", 64] == "2.00 ± 1.41" and table.loc["a", 128] == "2.00 ± 0.00"
+    assert table.loc["b", 64] == "0.50 ± 0.00" and table.loc["b", 128] == ""
+
+
+@pytest.mark.parametrize("method, factor", [("none", 1.0), ("yarn", 4.0), ("dynamic", 1.0)])
+def test_first_layer_logits_match_a_forward(task, method, factor):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    model = lc.rescale_rope(lc.build_tiny_llama(task, _tiny(task)), method, factor, 64)
+    ids = task.batch(1, 48, torch.Generator().manual_seed(3))[0]  # (1, 48)
+    table = lc.first_layer_logits(model, 48)  # (48, H, V, V)
+    layer = model.model.layers[0]
+    with torch.no_grad():
+        h = layer.input_layernorm(model.model.embed_tokens(ids))  # (1, T, hidden)
+        q = layer.self_attn.q_proj(h).view(1, 48, 2, -1).transpose(1, 2)  # (1, H, T, hd)
+        k = layer.self_attn.k_proj(h).view(1, 48, 2, -1).transpose(1, 2)
+        cos, sin = model.model.rotary_emb(h, torch.arange(48)[None])
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        logits = q @ k.transpose(2, 3) * layer.self_attn.scaling  # (1, H, T, T)
+    if method == "yarn":
+        assert model.model.rotary_emb.attention_scaling > 1  # the temperature is part of what is compared
+    tok = ids[0]
+    for i, j in [(47, 0), (30, 29), (12, 12), (40, 7)]:
+        torch.testing.assert_close(table[i - j, :, tok[i], tok[j]], logits[0, :, i, j], atol=1e-4, rtol=1e-4)

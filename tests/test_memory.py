@@ -84,3 +84,17 @@ def test_exact_accounting_on_a_tiny_model():
 
 def test_format_breakdown():
     assert M.format_breakdown({"total": 2.5e9}) == {"total": 2.5}
+
+
+def test_unquantized_params_stay_16_bit_without_constants():
+    n, trainable, embed = 1_000_000, 10_000, 200_000
+    q = M.estimate_training_memory(n, trainable, weight_bits=4, unquantized_params=embed)
+    quantized = n - trainable - embed
+    assert q["weights"] == quantized * 4 / 8 + embed * 2 + trainable * 2
+    assert q["quant_constants"] == quantized * 32 / 64 / 8  # none for the 16-bit embeddings
+    full = M.estimate_training_memory(n, trainable, weight_bits=4)
+    assert q["weights"] > full["weights"]  # keeping the embeddings wide costs memory
+    fp32 = M.estimate_training_memory(n, trainable, weight_bits=32, unquantized_params=embed)
+    assert fp32["weights"] == (n - trainable) * 4 + trainable * 4  # nothing is narrower than 32 bits here
+    with pytest.raises(ValueError, match="unquantized_params"):
+        M.estimate_training_memory(n, trainable, weight_bits=4, unquantized_params=n)

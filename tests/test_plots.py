@@ -43,8 +43,9 @@ def test_lora_count_plot_draws_each_model_and_its_full_line():
     assert ax.get_xscale() == ax.get_yscale() == "log"
     (lora_line, full_line) = lines_data(ax)
     assert lora_line == ("tiny: LoRA", [1.0, 2.0, 4.0], [float(row["per_model"]) for row in table])
-    assert full_line[0] == "tiny: full" and set(full_line[2]) == {float(table[0]["full_per_model"])}
-    assert legend_texts(ax) == ["tiny: LoRA", "tiny: full"]
+    full_label = "tiny: full FT of these projections"  # the targeted projections, not the whole model
+    assert full_line[0] == full_label and set(full_line[2]) == {float(table[0]["full_per_model"])}
+    assert legend_texts(ax) == ["tiny: LoRA", full_label]
 
 
 def test_singular_value_plot_normalises_and_accumulates():
@@ -75,6 +76,21 @@ def test_training_curves_figure_plots_each_run(tmp_path):
     assert legend_texts(ax_loss) == legend_texts(ax_acc) == ["full", "lora"]
     path = plots.training_curves({"full": full}, tmp_path, name="c.png")
     assert path == tmp_path / "c.png" and path.read_bytes()[:8] == PNG
+
+
+def test_lr_sweep_figure_marks_the_chosen_rates(tmp_path):
+    from sft_lessons.stats import wilson
+
+    sweep = {"full": [(1e-5, wilson(55, 100)), (1e-4, wilson(84, 100))],
+             "lora": [(1e-4, wilson(53, 100)), (1e-3, wilson(79, 100))]}
+    fig = plots.lr_sweep_figure(sweep, {"full": 1e-4, "lora": 1e-3})
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == "dev accuracy (n=100, 95% CI)"
+    stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    assert [list(line.get_ydata()) for line in stars] == [[0.84], [0.79]]  # one star per method, at its choice
+    assert legend_texts(ax) == ["always one class", "full", "lora"]
+    path = plots.lr_sweep(sweep, {"full": 1e-4, "lora": 1e-3}, tmp_path)
+    assert path == tmp_path / "lr_sweep.png" and path.read_bytes()[:8] == PNG
 
 
 def test_adalora_ranks_figure_shows_the_table_and_the_schedule(tmp_path):
@@ -117,18 +133,48 @@ def test_memory_breakdown_stacks_the_parts(tmp_path):
     assert path == tmp_path / "m.png" and path.read_bytes()[:8] == PNG
 
 
-def test_chapter_05_plots():
-    fig = plots.plot_loss_vs_length(
-        {"copy": {"none": {128: 5.0, 64: 0.1}, "pi": {64: 0.2, 128: 0.3}}, "passkey": {"none": {64: 0.1}}}
-    )
-    assert len(fig.axes) == 2 and fig.axes[0].get_xlabel() == "evaluation length (tokens)"
-    assert [ax.get_title() for ax in fig.axes] == ["copy", "passkey"]
-    assert lines_data(fig.axes[0]) == [("none", [64, 128], [0.1, 5.0]), ("pi", [64, 128], [0.2, 0.3])]
-    assert legend_texts(fig.axes[0]) == ["none", "pi"]
-    fig = plots.plot_finetune_curves({"from PI": [(0, 5.0), (10, 3.0)], "from NTK": [(0, 4.0), (10, 2.5)]})
-    assert fig.axes[0].get_xlabel() == "fine-tuning step"
-    assert lines_data(fig.axes[0]) == [("from PI", [0, 10], [5.0, 3.0]), ("from NTK", [0, 10], [4.0, 2.5])]
-    assert plots.as_png(fig).data[:8] == PNG
+def test_first_layer_logits_figure_one_panel_per_length(tmp_path):
+    curves = {256: {"none": [3.0, 2.0, 1.0, 4.0], "linear": [3.0, 3.0, 3.0, 3.0]}, 128: {"none": [1.0, 2.0]}}
+    fig = plots.first_layer_logits_figure(curves, reference=3.5, train_len=2)
+    assert [ax.get_title() for ax in fig.axes] == ["128 tokens", "256 tokens"]  # sorted by length
+    assert lines_data(fig.axes[1])[:2] == [("none", [0, 1, 2, 3], [3.0, 2.0, 1.0, 4.0]), ("linear", [0, 1, 2, 3], [3.0] * 4)]
+    dashed = [line for line in fig.axes[1].lines if line.get_linestyle() == "--"]
+    assert [list(line.get_ydata()) for line in dashed] == [[3.5, 3.5]]  # the training maximum
+    assert fig.axes[0].get_ylabel() == "layer 0: max |q.k| / sqrt(d)"
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "distances seen in training (< 2)", "none", "linear", "max at the training length 2"]
+    long = plots.first_layer_logits_figure({512: {"none": list(range(512))}}, reference=1.0, train_len=64)
+    (x, y) = lines_data(long.axes[0])[0][1:]
+    assert x[:2] == [0, 8] and y[:2] == [7, 15] and len(y) == 64  # max over bins of 8 distances
+    assert long.axes[0].get_title() == "512 tokens (max per 8 distances)"
+    path = plots.first_layer_logits(curves, 3.5, 2, tmp_path)
+    assert path == tmp_path / "first_layer_logits.png" and path.read_bytes()[:8] == PNG
+
+
+def test_copy_source_figure_marks_the_trained_and_the_right_offset(tmp_path):
+    profiles = {8: {"none": [1.0, 0.1, 0.2, 0.3, 0.4]}}
+    fig = plots.copy_source_figure(profiles, train_len=4)
+    (ax,) = fig.axes
+    assert lines_data(ax)[0] == ("none", [1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4])  # k = 0 (the target itself) is left out
+    vertical = [line.get_xdata()[0] for line in ax.lines[1:]]
+    assert vertical == [2, 4]  # k = train_len / 2 and k = L / 2
+    assert ax.get_title() == "copy at 8 tokens"
+    path = plots.copy_source(profiles, 4, tmp_path)
+    assert path == tmp_path / "copy_source.png" and path.read_bytes()[:8] == PNG
+
+
+def test_finetune_curves_figure_draws_mean_and_band(tmp_path):
+    curves = {"from PI": {0: [10.0, 8.0], 20: [3.0, 5.0]}, "from RoPE": {20: [4.0, 4.0], 0: [9.0, 11.0]}}
+    fig = plots.finetune_curves_figure(curves, chance=4.16)
+    (ax,) = fig.axes
+    assert lines_data(ax)[:2] == [("from PI (mean of 2 seeds)", [0, 20], [9.0, 4.0]),
+                                  ("from RoPE (mean of 2 seeds)", [0, 20], [10.0, 4.0])]  # steps sorted
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == 3.0 and band.max() == 10.0  # min to max over seeds
+    assert lines_data(ax)[2][2] == [4.16, 4.16]
+    path = plots.finetune_curves(curves, 4.16, tmp_path, name="f.png")
+    assert path == tmp_path / "f.png" and path.read_bytes()[:8] == PNG
 
 
 def test_curation_funnel_bars_equal_the_counts(tmp_path):

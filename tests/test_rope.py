@@ -96,7 +96,7 @@ def test_ntk_theta_hand_formula(factor):
     assert inv_new[0] == inv_old[0]  # the fastest pair is untouched
     slowest_ratio = (inv_old[-1] / inv_new[-1]).item()
     assert math.isclose(slowest_ratio, factor, rel_tol=1e-4)  # the slowest pair is interpolated by s
-    assert round(rope.ntk_theta(10_000.0, 2.0, 128)) == 20_221  # FACTS 1.4 worked number
+    assert round(rope.ntk_theta(10_000.0, 2.0, 128)) == 20_221  # 10000 * 2 ** (128 / 126)
 
 
 @pytest.mark.parametrize("seq_len", [64, 100, 256])
@@ -109,6 +109,25 @@ def test_dynamic_ntk_matches_transformers(seq_len):
     torch.testing.assert_close(rotary.inv_freq, ours)
     if seq_len <= 64:
         torch.testing.assert_close(ours, rope.rope_frequencies(16, 10_000.0))
+
+
+@pytest.mark.parametrize("seq_len", [128, 512])
+def test_dynamic_ntk_with_factor_1_is_ntk_aware_at_the_current_scale(seq_len):
+    # alpha = factor * L / L0 - (factor - 1) equals s = L / L0 exactly when factor = 1
+    ours = rope.dynamic_ntk_frequencies(16, 10_000.0, 1.0, seq_len, 64)
+    torch.testing.assert_close(ours, rope.rope_frequencies(16, rope.ntk_theta(10_000.0, seq_len / 64, 16)))
+    params = {"rope_type": "dynamic", "factor": 1.0, "rope_theta": 10_000.0}
+    rotary = _hf_rotary(_llama_config(max_pos=64, rope_parameters=params))
+    rotary(torch.zeros(1, seq_len, 16), torch.arange(seq_len)[None])
+    torch.testing.assert_close(rotary.inv_freq, ours)
+
+
+def test_yarn_attention_factor_scales_logits_by_its_square():
+    inv, m = rope.yarn_frequencies(16, 10_000.0, 4.0, 64)
+    q, k, pos = torch.randn(5, 16), torch.randn(5, 16), torch.arange(5)
+    plain = rope.apply_rope(q, pos, inv) @ rope.apply_rope(k, pos, inv).T
+    scaled = rope.apply_rope(q, pos, inv, attention_scaling=m) @ rope.apply_rope(k, pos, inv, attention_scaling=m).T
+    torch.testing.assert_close(scaled, plain * m**2)
 
 
 @pytest.mark.parametrize("factor", [2.0, 8.0])

@@ -90,3 +90,21 @@ def test_perplexity_is_token_weighted(tmp_path):
         loss = model(**batch).loss  # HF averages over all labelled tokens of the one batch
     assert perplexity(model, evaluation, batch_size=3) == pytest.approx(math.exp(loss), rel=1e-5)
     assert perplexity(model, evaluation, batch_size=1) == pytest.approx(math.exp(loss), rel=1e-5)
+
+
+def test_answer_token_losses_sum_to_hf_loss(tmp_path):
+    from sft_lessons.sft_eval import answer_token_losses
+
+    tok = opt_style_tokenizer()
+    model = tiny_causal_lm("llama", seed=0, vocab_size=len(tok))
+    _, evaluation = create_prompt_dataset(-1, "local/hh_sft", "10,0,0", tmp_path, 1, 0, tok, 512)
+    batch = trim_padding({k: v[:3] for k, v in evaluation.tensors.items()})
+    model.train()  # dropout would make the sums random; the function scores in eval mode and restores the mode
+    sums, counts = answer_token_losses(model, batch)
+    assert sums.shape == counts.shape == (3,) and (counts > 0).all()
+    assert model.training  # restored after scoring
+    with torch.no_grad():
+        hf = model.eval()(**batch).loss  # HF: the mean over every labelled token of the batch
+    assert sums.sum() / counts.sum() == pytest.approx(float(hf), rel=1e-5)
+    row = {k: v[:1] for k, v in batch.items()}
+    assert answer_token_losses(model, row)[0][0] == pytest.approx(sums[0], rel=1e-5)  # rows do not interact

@@ -74,3 +74,18 @@ def test_fisher_exact_by_hand():
     assert stats.fisher_exact(5, 10, 5, 10) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="valid"):
         stats.fisher_exact(5, 4, 1, 2)
+
+
+def test_paired_mean_difference_weighted_and_interval():
+    rng = np.random.default_rng(0)
+    a = rng.normal(3.0, 0.3, 60)
+    b = a - 0.2 + rng.normal(0, 0.05, 60)  # b lower by 0.2 on every example
+    w = rng.integers(5, 50, 60)
+    d = stats.paired_mean_difference(a, b, weights=w)
+    assert d.diff == pytest.approx(((b - a) * w).sum() / w.sum())
+    assert d.low < d.diff < d.high < 0 and d.significant
+    assert str(d).startswith(f"{d.diff:+.3f} [")
+    same = stats.paired_mean_difference(a, a)
+    assert same.diff == 0 and same.low == 0 == same.high and not same.significant
+    with pytest.raises(ValueError, match="1-D"):
+        stats.paired_mean_difference(a, b[:10])

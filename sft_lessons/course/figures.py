@@ -170,12 +170,13 @@ def icl_prefix_cache(out_dir=None) -> Path:
         "#d9ead3",
         fontsize=8.5,
     )
-    _box(ax, 7.2, 0.6, 1.9, 0.9, "per query batch:\nreuse a copy", "#fff2cc", fontsize=8)
+    _box(ax, 7.2, 0.6, 1.9, 0.9, "per query batch:\na new cache object\n(prefix K, V copied)", "#fff2cc", fontsize=7.5)
     _arrow(ax, 6.95, 1.05, 7.2, 1.05)
     ax.text(
         0.1,
         0.2,
-        "Cost per query: naive ~ (prefix + query) tokens; cached ~ query tokens (attention still reads the cached prefix).",
+        "Positions per query: naive ~ prefix P + query; cached ~ query + P/n (n queries). "
+        "Attention still reads the P cached keys at every query position.",
         fontsize=8.5,
         style="italic",
     )
@@ -245,7 +246,7 @@ def lora_variants_map(out_dir=None) -> Path:
     panels = [
         ("Full fine-tuning", "W (fp32)\ntrainable", "grads + Adam states\nfor every weight", "#f4cccc"),
         ("LoRA", "W0 frozen\n+ (alpha/r) B A", "grads + Adam states\nonly for A, B", "#d9ead3"),
-        ("AdaLoRA", "W0 frozen\n+ P diag(lambda) Q", "prune small singular\nvalues: budget moves", "#cfe2f3"),
+        ("AdaLoRA", "W0 frozen\n+ P diag(lambda) Q", "mask triplets with low\nimportance scores", "#cfe2f3"),
         ("QLoRA", "W0 in NF4 (4-bit)\n+ 16-bit B A", "dequantize on the fly;\nbackprop into A, B", "#fff2cc"),
     ]
     for i, (title, top, bottom, color) in enumerate(panels):

@@ -23,16 +23,16 @@ def plot_path(name: str, out_dir=None) -> Path:
 
 # ---- chapter 03: LoRA math ----
 def lora_count_plot(tables: dict, ranks):
-    """Log-log plot of LoRA trainable parameters vs rank, one line per model, full weights dashed."""
+    """Log-log plot of LoRA trainable parameters vs rank, one line per model; dashed: full FT of the same projections."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for (label, rows), color in zip(tables.items(), ["C0", "C1", "C2", "C3"], strict=False):
         ax.plot(ranks, [row["per_model"] for row in rows], "o-", color=color, label=f"{label}: LoRA")
-        ax.axhline(rows[0]["full_per_model"], color=color, ls="--", lw=1, label=f"{label}: full")
+        ax.axhline(rows[0]["full_per_model"], color=color, ls="--", lw=1, label=f"{label}: full FT of these projections")
     ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="trainable parameters")
     ax.set_xticks(list(ranks), [str(r) for r in ranks])
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: full-FT lines reach the top
     ax.set_title("LoRA on all linear projections of the decoder layers", fontsize=10)
     fig.tight_layout()
     return fig
@@ -59,12 +59,13 @@ def singular_value_plot(spectra: dict, r: int = 8):
 
 
 # ---- chapter 04: LoRA variants ----
-def training_curves(results: dict, out_dir=None, name: str = "full_vs_lora_curves.png") -> Path:
+def training_curves(results: dict, out_dir=None, name: str = "full_vs_lora_curves.png",
+                    eval_title: str = "eval accuracy") -> Path:
     """Training loss per logged step and eval accuracy per epoch, one line per run -> build/plots/<name>."""
-    return save_figure(training_curves_figure(results), plot_path(name, out_dir))
+    return save_figure(training_curves_figure(results, eval_title), plot_path(name, out_dir))
 
 
-def training_curves_figure(results: dict):
+def training_curves_figure(results: dict, eval_title: str = "eval accuracy"):
     """The figure of `training_curves`: left, loss per step; right, accuracy per epoch (one line per run)."""
     fig, (ax_loss, ax_acc) = new_figure(1, 2, figsize=(10, 3.4))
     for label, res in results.items():
@@ -73,11 +74,35 @@ def training_curves_figure(results: dict):
         epochs = range(1, len(res["eval_accuracy"]) + 1)
         ax_acc.plot(epochs, res["eval_accuracy"], marker="o", label=label)
     ax_loss.set(xlabel="optimizer step", ylabel="training loss", title="training loss (logged every 5 steps)")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="eval accuracy (200 test reviews)")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title=eval_title)
     ax_acc.set_xticks(list(range(1, max(len(r["eval_accuracy"]) for r in results.values()) + 1)))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return fig
+
+
+def lr_sweep(sweep: dict, chosen: dict, out_dir=None, name: str = "lr_sweep.png", chance: float = 0.5) -> Path:
+    """Dev accuracy (Wilson interval) against learning rate, one line per method -> build/plots/<name>."""
+    return save_figure(lr_sweep_figure(sweep, chosen, chance), plot_path(name, out_dir))
+
+
+def lr_sweep_figure(sweep: dict, chosen: dict, chance: float = 0.5):
+    """The figure of `lr_sweep`: sweep maps method -> [(lr, Proportion)], chosen maps method -> its chosen lr."""
+    fig, ax = new_figure(figsize=(7.5, 3.6))
+    for i, (method, points) in enumerate(sweep.items()):
+        rates = [lr * 1.06 ** (i - 1.5) for lr, _ in points]  # a small offset so that error bars do not overlap
+        values = [p.value for _, p in points]
+        errors = [[p.value - p.low for _, p in points], [p.high - p.value for _, p in points]]
+        line = ax.errorbar(rates, values, yerr=errors, marker="o", capsize=3, label=method)
+        best = [(r, v) for r, v, (lr, _) in zip(rates, values, points, strict=True) if lr == chosen[method]]
+        ax.plot(*zip(*best, strict=True), marker="*", markersize=15, color=line[0].get_color(), ls="none")
+    ax.axhline(chance, color="grey", ls="--", lw=1, label="always one class")
+    n = next(iter(sweep.values()))[0][1].n
+    ax.set(xscale="log", xlabel="learning rate", ylabel=f"dev accuracy (n={n}, 95% CI)", ylim=(0.3, 1.0),
+           title="learning-rate sweep on dev (star: chosen)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
     return fig
 
 
@@ -123,58 +148,10 @@ def memory_breakdown_figure(rows: dict, unit: float = 1e9):
         if any(values):
             ax.barh(list(rows), values, left=bottom, label=part.replace("_", " "))
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set_xlabel("GB" if unit == 1e9 else f"x {unit:g} bytes")
+    ax.set_xlabel({1e9: "GB", 2**30: "GiB"}.get(unit, f"x {unit:g} bytes"))
     ax.invert_yaxis()
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, axis="x")
-    return fig
-
-
-# ---- chapter 05: context extension ----
-def as_png(fig, dpi: int = 90):
-    """An IPython Image of `fig`: shows a closed or pyplot-free figure inline, whatever backend is active."""
-    import io
-
-    from IPython.display import Image
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-    return Image(data=buffer.getvalue())
-
-
-def plot_loss_vs_length(panels, suptitle="", ylabel="loss (nats)"):
-    """One panel per {title: {method: {length: value}}}; returns the closed figure (show it with as_png)."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
-    for ax, (title, table) in zip(axes[0], panels.items(), strict=True):
-        for method, row in table.items():
-            lengths = sorted(row)
-            ax.plot(lengths, [row[n] for n in lengths], marker="o", label=method)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(lengths, [str(n) for n in lengths])
-        ax.set_xlabel("evaluation length (tokens)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
-    fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
-
-
-def plot_finetune_curves(curves, title="fine-tuning at 256 tokens"):
-    """Eval loss vs step for {name: [(step, loss), ...]}; returns the closed figure."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name, points in curves.items():
-        ax.plot([s for s, _ in points], [v for _, v in points], marker="o", label=name)
-    ax.set_xlabel("fine-tuning step")
-    ax.set_ylabel("copy loss at 256 tokens (nats)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    plt.close(fig)
     return fig
 
 
@@ -284,4 +261,83 @@ def sft_loss_curve_figure(history: list[dict], perplexity: list):
     ax2.set_xticks(list(epochs))
     ax2.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+# ---- chapter 05: context extension, measured on the toy model ----
+def first_layer_logits(curves: dict, reference: float, train_len: int, out_dir=None) -> Path:
+    """Layer-0 max |attention logit| against relative distance, per length -> build/plots/first_layer_logits.png."""
+    fig = first_layer_logits_figure(curves, reference, train_len)
+    return save_figure(fig, plot_path("first_layer_logits.png", out_dir))
+
+
+def first_layer_logits_figure(curves: dict, reference: float, train_len: int):
+    """One panel per length of {length: {method: (T,) max |logit| at distance 0..T-1}}; dashed: the training max.
+
+    Curves longer than 64 points are drawn as the max over bins of T // 64 distances (the envelope stays exact).
+    """
+    import numpy as np
+
+    lengths = sorted(curves)
+    fig, axes = new_figure(1, len(lengths), figsize=(3.2 * len(lengths), 2.7), squeeze=False, sharey=True)
+    for ax, length in zip(axes[0], lengths, strict=True):
+        ax.axvspan(0, train_len - 1, color="#e8e8e8", zorder=0, label=f"distances seen in training (< {train_len})")
+        for method, values in curves[length].items():
+            values = np.asarray([float(v) for v in values])
+            step = max(1, len(values) // 64)
+            pooled = values[: len(values) // step * step].reshape(-1, step).max(1)  # (bins,)
+            ax.plot(range(0, len(pooled) * step, step), pooled, lw=0.9, label=method)
+        ax.axhline(reference, color="black", ls="--", lw=1, label=f"max at the training length {train_len}")
+        ax.set_title(f"{length} tokens" + (f" (max per {step} distances)" if step > 1 else ""), fontsize=9)
+        ax.set_xlabel("relative distance i - j (tokens)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("layer 0: max |q.k| / sqrt(d)", fontsize=8)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))  # room for the legend below the panels
+    return fig
+
+
+def copy_source(profiles: dict, train_len: int, out_dir=None) -> Path:
+    """Where the copied token comes from, per method and length -> build/plots/copy_source.png."""
+    return save_figure(copy_source_figure(profiles, train_len), plot_path("copy_source.png", out_dir))
+
+
+def copy_source_figure(profiles: dict, train_len: int):
+    """One panel per length of {length: {method: (L/2+1,) share}}: share of predictions equal to the token k back."""
+    lengths = sorted(profiles)
+    fig, axes = new_figure(1, len(lengths), figsize=(3.2 * len(lengths), 2.7), squeeze=False, sharey=True)
+    for ax, length in zip(axes[0], lengths, strict=True):
+        for method, share in profiles[length].items():
+            ax.plot(range(1, len(share)), [float(v) for v in share[1:]], lw=1, label=method)
+        ax.axvline(train_len // 2, color="gray", ls=":", lw=1, label=f"k = {train_len // 2} (right in training)")
+        ax.axvline(length // 2, color="black", ls="--", lw=1, label="k = L/2 (right at this length)")
+        ax.set_title(f"copy at {length} tokens", fontsize=9)
+        ax.set_xlabel("k: predicted token equals the token k back", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("share of predictions", fontsize=8)
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def finetune_curves(curves: dict, chance: float, out_dir=None, name: str = "finetune_curves.png") -> Path:
+    """Eval loss per fine-tuning step, mean over seeds with a min-max band -> build/plots/<name>."""
+    return save_figure(finetune_curves_figure(curves, chance), plot_path(name, out_dir))
+
+
+def finetune_curves_figure(curves: dict, chance: float):
+    """{name: {step: [loss per seed]}} -> one mean line and a min-max band per start; dotted: uniform guessing."""
+    import numpy as np
+
+    fig, ax = new_figure(figsize=(5.4, 3.1))
+    for label, points in curves.items():
+        steps = sorted(points)
+        values = np.array([points[s] for s in steps], dtype=float)  # (steps, seeds)
+        (line,) = ax.plot(steps, values.mean(1), marker="o", label=f"{label} (mean of {values.shape[1]} seeds)")
+        ax.fill_between(steps, values.min(1), values.max(1), color=line.get_color(), alpha=0.2)
+    ax.axhline(chance, color="gray", ls=":", lw=1, label=f"uniform guess over the copy tokens ({chance:.2f})")
+    ax.set(xlabel="fine-tuning step", ylabel="copy loss at 256 tokens (nats)", title="band: min to max over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return fig
