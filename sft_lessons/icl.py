@@ -15,7 +15,7 @@ import torch
 from transformers import DynamicCache
 
 from .data import load_reviews
-from .prompting import TEMPLATES, VERBALIZERS, PromptTemplate, Verbalizer, accuracy, encode, score_label_words
+from .prompting import TEMPLATES, VERBALIZERS, PromptTemplate, Verbalizer, encode, score_label_words
 from .timing import interleaved_times, timed_call
 
 
@@ -63,7 +63,7 @@ def parameter_fingerprint(model) -> str:
 
 
 class PrefixCache:
-    """The KV cache of a shared prefix, computed once; `for_batch(b)` gives a fresh copy for b queries."""
+    """The KV cache of a shared prefix, computed once; `for_batch(b)` gives a new cache object for b queries."""
 
     def __init__(self, model, prefix_ids: list[int]):
         if not prefix_ids:
@@ -77,7 +77,8 @@ class PrefixCache:
 
     def for_batch(self, batch_size: int):
         """A new DynamicCache holding the prefix for `batch_size` rows; the stored prefix is never mutated."""
-        # DynamicCache.update concatenates in place, so each batch gets its own cache object
+        # the model appends each batch's keys/values to the cache object (torch.cat, then reassigns), so each batch
+        # gets its own object; building it cats the expand views onto empty layers: a (b, kv_heads, P, head_dim) copy
         return DynamicCache(
             [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self.layers]
         )
@@ -90,7 +91,7 @@ def by_length(lengths: list[int]) -> list[int]:
 
 @dataclass
 class ICLResult:
-    """Accuracy, predictions (n,), label log-probs (n, L) and wall time of one ICL evaluation."""
+    """Accuracy (correct / n, float64), predictions (n,), label log-probs (n, L) and wall time of one ICL evaluation."""
 
     accuracy: float
     predictions: object
@@ -137,7 +138,8 @@ def icl_accuracy(
     seconds, scores = timed_call(score, next(model.parameters()).device)
     log_probs = scores.log_softmax(-1)
     predictions = log_probs.argmax(-1)
-    acc = accuracy(predictions, [label for _, label in pairs])
+    labels = torch.tensor([label for _, label in pairs])  # (n,)
+    acc = int((predictions.cpu() == labels).sum()) / len(pairs)  # exact k/n in float64, as stats.wilson prints it
     return ICLResult(acc, predictions, log_probs, seconds)
 
 

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -90,6 +92,9 @@ def test_prefix_cache_is_not_mutated(tok):
     keys = [k.clone() for k, _ in cache.layers]
     batch_cache = cache.for_batch(2)
     assert batch_cache.get_seq_length() == len(ids)
+    k_batch = batch_cache.layers[0].keys
+    assert k_batch.shape[0] == 2 and k_batch.is_contiguous()  # building the cache copied the expanded prefix ...
+    assert k_batch.data_ptr() != cache.layers[0][0].data_ptr()  # ... into new storage
     with torch.no_grad():
         model(input_ids=torch.ones((2, 5), dtype=torch.long), cache=batch_cache, use_cache=True)
     assert batch_cache.get_seq_length() == len(ids) + 5  # the batch copy grew in place ...
@@ -130,7 +135,26 @@ def test_zero_shot_is_k0(tok):
     torch.testing.assert_close(zero.log_probs, plain.log_probs, atol=1e-5, rtol=1e-5)
     assert torch.equal(zero.predictions, plain.predictions)
     labels = torch.tensor([label for _, label in QUERIES])
-    assert zero.accuracy == (zero.predictions == labels).float().mean().item() and zero.seconds >= 0
+    assert zero.accuracy == int((zero.predictions == labels).sum()) / len(QUERIES) and zero.seconds >= 0
+
+
+def test_accuracy_is_exact_k_over_n(tok, monkeypatch):
+    """67 of 80 correct is 0.8375 in float64 (prints 0.838, as stats.wilson does), not float32's 0.83749998."""
+    from sft_lessons import icl
+    from sft_lessons.stats import wilson
+
+    queries = [(f"review {i}", i % 2) for i in range(80)]
+    wrong = set(range(13))  # the first 13 predictions are wrong
+
+    def fake_scores(model, tokenizer, prompts, verbalizer, **kwargs):  # prompts: "Review: review i\nSentiment:"
+        index = [int(re.search(r"review (\d+)", p).group(1)) for p in prompts]
+        pred = [1 - i % 2 if i in wrong else i % 2 for i in index]
+        return torch.nn.functional.one_hot(torch.tensor(pred), 2).float()  # (n, 2)
+
+    monkeypatch.setattr(icl, "score_label_words", fake_scores)
+    r = icl_accuracy(tiny_causal_lm("llama"), tok, [], queries, TEMPLATE, VERBALIZER)
+    assert r.accuracy == 67 / 80 == wilson(67, 80).value
+    assert f"{r.accuracy:.3f}" == wilson(67, 80).brief()[:5] == "0.838"
 
 
 def test_parameter_fingerprint_sees_any_change(tok):
