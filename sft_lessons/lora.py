@@ -7,16 +7,17 @@ Like DeepSpeed-Chat it stores the factors transposed: `lora_right_weight` = A^T 
 so the forward pass is x @ A^T @ B^T without transposes. Scaling convention: DeepSpeed-Chat's `lora_scaling` is peft's
 `lora_alpha` (s = lora_alpha / r in peft, lora_scaling / lora_dim here).
 
-Compared with 教材原文's copy of DeepSpeed-Chat's layer (chapter 3 runs each point): the copy imports
+Compared with 教材原文's copy of DeepSpeed-Chat's layer (chapter 3 runs that class as printed): the copy imports
 `torch.functional`, which has no `linear`, so its forward raises AttributeError (DeepSpeed-Chat's own
 dschat/utils/module/lora.py imports `torch.nn.functional`); its eval()/train() overrides switch the dropout but never
-call super() or return self, so the layer's own `training` flag stays True and `layer.eval()` returns None; and
-Kaiming-uniform on the transposed (k, r) tensor reads fan_in = r, so A's bound is 1/sqrt(r) instead of peft's
-1/sqrt(k) (DeepSpeed-Chat's file has these two as well). Kept from it: the ValueError for lora_dim <= 0, the ZeRO-3
-`ds_shape` lookup, the `fuse_lora` guard, the frozen base weight, `bias` passed to `F.linear` (None allowed), and the
-move to the base weight's device and dtype (here already in the constructor). Changed: the lora_dim error names the
-problem and also rejects a non-integer; `s` multiplies the (..., r) intermediate instead of the (..., d) output.
-Added: an error for a module name that matches nothing, and the correctly spelt `lora_dropout` beside `lora_droppout`.
+call super() or return self, so the layer's `training` flag stays True and `layer.eval()` returns None. It also sets
+A's initial scale apart from the authors' loralib and peft: Kaiming-uniform on the transposed (k, r) tensor reads
+fan_in = r, a bound of 1/sqrt(r) instead of 1/sqrt(k) (DeepSpeed-Chat's file has these two as well). Kept from it:
+the ValueError for lora_dim <= 0, the ZeRO-3 `ds_shape` lookup, the `fuse_lora` guard, the frozen base weight, `bias`
+passed to `F.linear` (None allowed), and the move to the base weight's device and dtype (here in the constructor).
+Changed: the lora_dim error names the problem and also rejects a non-integer; `s` multiplies the (..., r)
+intermediate instead of the (..., d) output. Added: an error for a module name that matches nothing, the correctly
+spelt `lora_dropout` beside `lora_droppout`, and `lora_state_dict`, a name from loralib (microsoft/LoRA loralib/utils.py).
 """
 
 from __future__ import annotations
@@ -279,30 +280,44 @@ def energy_captured(singular_values: torch.Tensor, r: int) -> float:
     return float(energy[:r].sum() / energy.sum())
 
 
-def full_finetune_delta(
-    model: nn.Module, module_name: str, batches: list[dict], steps: int, lr: float = 1e-4
-) -> tuple[torch.Tensor, list[float]]:
-    """Train only `module_name`'s weight fully for `steps` steps; returns (W - W0 (d, k), losses); W0 is restored."""
+def full_finetune_deltas(
+    model: nn.Module, module_name: str, batches: list[dict], steps: list[int], lr: float = 1e-4
+) -> tuple[dict[int, torch.Tensor], list[float]]:
+    """Train only `module_name`'s weight fully; returns ({step: W - W0 (d, k) after that many steps}, losses).
+
+    One AdamW run of max(steps) steps (batch i is batches[i % len(batches)]); W0 and requires_grad are restored.
+    """
+    if not steps or min(steps) < 1:
+        raise ValueError(f"steps must be positive step counts, got {steps!r}")
     weight = model.get_submodule(module_name).weight
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     w0 = weight.detach().clone()
     for p in model.parameters():
         p.requires_grad_(p is weight)
     optimizer = torch.optim.AdamW([weight], lr=lr, weight_decay=0.0)
-    losses, was_training = [], model.training
+    losses, deltas, was_training = [], {}, model.training
     model.train()
     try:
-        for step in progress(range(steps), "train"):
+        for step in progress(range(max(steps)), "train"):
             loss = model(**batches[step % len(batches)]).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-        delta = weight.detach() - w0
+            if step + 1 in steps:
+                deltas[step + 1] = weight.detach() - w0
     finally:
         with torch.no_grad():
             weight.copy_(w0)
         for name, p in model.named_parameters():
             p.requires_grad_(flags[name])
         model.train(was_training)
-    return delta, losses
+    return deltas, losses
+
+
+def full_finetune_delta(
+    model: nn.Module, module_name: str, batches: list[dict], steps: int, lr: float = 1e-4
+) -> tuple[torch.Tensor, list[float]]:
+    """Train only `module_name`'s weight fully for `steps` steps; returns (W - W0 (d, k), losses); W0 is restored."""
+    deltas, losses = full_finetune_deltas(model, module_name, batches, [steps], lr)
+    return deltas[steps], losses

@@ -212,6 +212,18 @@ def test_full_finetune_delta_restores_the_weight():
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_full_finetune_deltas_snapshots_match_shorter_runs():
+    model = tiny_causal_lm("llama")
+    name, batches = "model.layers.0.self_attn.v_proj", [{"input_ids": IDS, "labels": IDS}]
+    deltas, losses = lora.full_finetune_deltas(model, name, batches, steps=[1, 3], lr=1e-2)
+    one_step, _ = lora.full_finetune_delta(model, name, batches, steps=1, lr=1e-2)
+    assert sorted(deltas) == [1, 3] and len(losses) == 3
+    torch.testing.assert_close(deltas[1], one_step)  # the snapshot is the update after exactly one step
+    assert not torch.equal(deltas[1], deltas[3])
+    with pytest.raises(ValueError, match="positive"):
+        lora.full_finetune_deltas(model, name, batches, steps=[0], lr=1e-2)
+
+
 def test_time_interleaved_returns_medians():
     calls = []
     medians = timing.time_interleaved(
