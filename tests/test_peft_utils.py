@@ -95,3 +95,43 @@ def test_trainable_parameters_and_saved_size():
     assert trainable == 2 * 4 * (64 + 64)  # 2 layers, q_proj is 64 -> 64: r * (d + k)
     assert total > trainable
     assert trainable * 4 < U.saved_size_bytes(model) < trainable * 4 + 20_000  # weights + json metadata
+
+
+def test_predict_labels_matches_argmax_in_order_and_restores_mode():
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_labels=2,
+        )
+    )
+    rows = [[1, 5, 7, 2], [1, 9, 2], [1, 3, 4, 6, 8, 2], [1, 2]]  # different lengths: the collator pads
+    data = Dataset.from_dict(
+        {"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows], "label": [0, 1, 0, 1]}
+    )
+
+    class PadOnly:  # DataCollatorWithPadding needs only tokenizer.pad
+        def pad(self, features, **kwargs):
+            width = max(len(f["input_ids"]) for f in features)
+            return {
+                key: torch.tensor([f[key] + [0] * (width - len(f[key])) for f in features])
+                for key in ("input_ids", "attention_mask")
+            }
+
+    model.train()
+    predictions = U.predict_labels(model, PadOnly(), data, batch_size=3)
+    assert model.training and predictions.shape == (4,)
+    model.eval()
+    with torch.no_grad():
+        one_by_one = [
+            int(model(input_ids=torch.tensor([r]), attention_mask=torch.ones(1, len(r))).logits.argmax())
+            for r in rows
+        ]
+    assert predictions.tolist() == one_by_one
