@@ -196,6 +196,22 @@ def import_bitsandbytes():
     return bitsandbytes
 
 
+def keep_4bit_weights_unpacked(model) -> int:
+    """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel -> number of layers changed.
+
+    bitsandbytes 0.50, on a CPU with AVX512-BF16, repacks a Linear4bit weight the first time the layer runs in eval mode
+    without gradients. From then on matmul_4bit calls that kernel outside autograd, so the frozen layer passes no
+    gradient back to its input (the forward stays right): LoRA layers below it learn only through the residual
+    connections. Call this before evaluating a model you will train; on GPUs and other CPUs it changes nothing.
+    """
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
 def bnb_quantize_4bit(x, quant_type: str = "nf4", blocksize: int = BLOCKSIZE, double_quant: bool = False):
     """bitsandbytes' own 4-bit round trip -> (codes (n,) uint8 unpacked, dequantized tensor, QuantState)."""
     if quant_type not in ("nf4", "fp4"):

@@ -99,3 +99,20 @@ def test_parity_with_bitsandbytes_fp4_values():
 def test_bad_blocksize():
     with pytest.raises(ValueError, match="blocksize"):
         Q.nf4_quantize(torch.randn(8), blocksize=0)
+
+
+def test_keep_4bit_weights_unpacked_keeps_the_input_gradient():
+    bnb = pytest.importorskip("bitsandbytes")
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(128, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
+    fast_path = bool(getattr(layer, "support_avx512bf16_for_cpu", False))
+    assert Q.keep_4bit_weights_unpacked(torch.nn.Sequential(layer)) == int(fast_path)
+    x = torch.randn(3, 128)
+    layer.eval()
+    with torch.no_grad():
+        layer(x)  # the evaluation pass that would repack the weight
+    assert not getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+    x.requires_grad_(True)
+    layer(x).sum().backward()
+    weight = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)  # (64, 128)
+    assert torch.allclose(x.grad, torch.ones(3, 64) @ weight, atol=1e-5)

@@ -27,6 +27,7 @@ from ..lora import convert_linear_layer_to_lora, only_optimize_lora_parameters
 from ..memory import count_parameters, optimizer_state_bytes
 from ..models import load_causal_lm, tiny_causal_lm, tiny_tokenizer
 from ..padding import LengthGroupedBatches, trim_padding
+from ..quant import keep_4bit_weights_unpacked
 from ..timing import PeakMemory, gemm_flops_per_s, interleaved_times, timed_call
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # LoRA on attention, the same for peft and ours
@@ -107,6 +108,7 @@ def _variants(base, path, cfg: BenchConfig, device) -> dict:
         bnb_4bit_compute_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
     )
     q = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, device_map={"": device})
+    keep_4bit_weights_unpacked(q)  # an evaluation pass would otherwise cut the backward on some CPUs
     q = prepare_model_for_kbit_training(q, use_gradient_checkpointing=False)
     out["qlora"] = get_peft_model(q, lora).train()
     if cfg.compile and device.type == "cuda":
