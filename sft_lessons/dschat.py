@@ -3,7 +3,9 @@
 Tokenizer, prompt datasets, label masks, safe caches, saving.
 
 The public names and signatures follow DeepSpeed-Chat (`load_hf_tokenizer`, `create_prompt_dataset`, `save_hf_format`).
-Fixes over the seed material:
+Fixes over DeepSpeed-Chat's code:
+- records are rendered with the tokenizer's chat template by default (`prompt_format="chat"`), so the model is trained
+  on the very tokens it is later chatted with; DeepSpeed-Chat's raw "Human:/Assistant:" text stays an option ('raw');
 - the tokenizer is loaded from the local path it was given (the seed re-reads `_name_or_path` and downloads);
 - labels mask the prompt and the padding with IGNORE_INDEX, by position, never by token id (pad = eos would hide the real end);
 - the end-of-conversation marker is kept whole, with its labels, also when it splits into several tokens;
@@ -32,13 +34,15 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from .data import IGNORE_INDEX, data_path, load_jsonl
 from .lora import LORA_KEYS, lora_layers
 from .models import TINY_CORPUS, resolve
+from .record_formats import rm_static_to_messages, sft_example
 from .settings import use_hub
 
-END_OF_CONVERSATION_TOKEN = "<|endoftext|>"
+END_OF_CONVERSATION_TOKEN = "<|endoftext|>"  # DeepSpeed-Chat's raw format; the chat format ends with the template's
+PROMPT_FORMATS = ("chat", "raw")  # the tokenizer's chat template (default), or "\n\nHuman: ...\n\nAssistant:" text
 LOCAL_DATASETS = {"local/hh_sft": "hh_sft.jsonl", "hh_sft": "hh_sft.jsonl"}
 HUB_DATASETS = ("Dahoas/rm-static",)
 HH_FIELDS = {"prompt": str, "response": str, "chosen": str, "rejected": str, "split": str}
-CACHE_FORMAT = 1  # bump when the tokenization below changes, so old caches are never reused
+CACHE_FORMAT = 2  # bump when the tokenization below changes, so old caches are never reused
 
 
 # ---- tokenizer ----
@@ -200,6 +204,41 @@ def build_sft_example(tokenizer, prompt: str, response: str, max_seq_len: int, e
     }
 
 
+def record_messages(raw: RawPromptDataset, record, answer: str | None = None) -> list[dict]:
+    """An rm-static record as chat messages: the prompt's turns, then `answer` (default: chosen) as the last one."""
+    answer = raw.get_chosen(record) if answer is None else answer
+    rm = {"prompt": raw.get_prompt(record), "response": answer, "chosen": answer, "rejected": ""}
+    return rm_static_to_messages(rm)["messages"]
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """The template's text for everything before the last (assistant) message, ending with the generation prompt."""
+    return tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+
+
+def build_chat_example(tokenizer, messages: list[dict], max_seq_len: int):
+    """dict of (max_seq_len,) tensors for a chat-template render, labels on the last answer and its end marker only;
+    right-padded; None if it does not fit."""
+    example = sft_example(tokenizer, messages, train_on="last")  # labels: last answer + <|im_end|>, by offsets
+    ids, labels = example["input_ids"], example["labels"]
+    if len(ids) > max_seq_len:  # never cut the answer or its end marker: drop the record instead
+        return None
+    pad = max_seq_len - len(ids)
+    return {
+        "input_ids": torch.tensor(ids + [tokenizer.pad_token_id] * pad),
+        "attention_mask": torch.tensor([1] * len(ids) + [0] * pad),
+        "labels": torch.tensor(labels + [IGNORE_INDEX] * pad),  # padding is never a target
+    }
+
+
+def _check_prompt_format(tokenizer, prompt_format: str) -> None:
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"prompt_format {prompt_format!r}; valid: {', '.join(PROMPT_FORMATS)}")
+    if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("prompt_format 'chat' needs a tokenizer with a chat template; this one has none "
+                         "(use prompt_format 'raw', DeepSpeed-Chat's Human/Assistant text)")  # fmt: skip
+
+
 def _pad_rows(rows: list[list[int]], pad_id: int, left: bool = False):
     """list of id lists -> (ids (N, T), mask (N, T)) padded to the longest row."""
     width = max(map(len, rows), default=0)
@@ -211,25 +250,32 @@ def _pad_rows(rows: list[list[int]], pad_id: int, left: bool = False):
     return ids, mask
 
 
-def tokenize_split(records, raw: RawPromptDataset, phase, tokenizer, max_seq_len, eot_ids) -> dict:
+def tokenize_split(records, raw: RawPromptDataset, phase, tokenizer, max_seq_len, eot_ids,
+                   prompt_format: str = "raw") -> dict:  # fmt: skip
     """Tensors of one split for one phase: 1 -> input_ids/attention_mask/labels, 2 -> chosen_*/rejected_*, 3 -> prompt."""
+    chat = prompt_format == "chat"
     if phase == 1:
         examples = [
-            build_sft_example(tokenizer, raw.get_prompt(r), raw.get_chosen(r), max_seq_len, eot_ids)
+            build_chat_example(tokenizer, record_messages(raw, r), max_seq_len) if chat
+            else build_sft_example(tokenizer, raw.get_prompt(r), raw.get_chosen(r), max_seq_len, eot_ids)
             for r in records
-        ]
+        ]  # fmt: skip
         kept = [e for e in examples if e is not None]
         out = {k: torch.stack([e[k] for e in kept]) if kept else torch.zeros(0, max_seq_len, dtype=torch.long)
                for k in ("input_ids", "attention_mask", "labels")}  # fmt: skip
     elif phase == 2:
         out = {}
-        for side, get in (("chosen", raw.get_prompt_and_chosen), ("rejected", raw.get_prompt_and_rejected)):
-            rows = [
-                tokenizer(get(r))["input_ids"][: max_seq_len - len(eot_ids)] + list(eot_ids) for r in records
-            ]
+        for side, get in (("chosen", raw.get_chosen), ("rejected", raw.get_rejected)):
+            if chat:  # the whole render, cut to max_seq_len (the reward model reads it; nothing is generated)
+                rows = [sft_example(tokenizer, record_messages(raw, r, get(r)))["input_ids"][:max_seq_len]
+                        for r in records]  # fmt: skip
+            else:
+                rows = [tokenizer(raw.get_prompt(r) + get(r))["input_ids"][: max_seq_len - len(eot_ids)]
+                        + list(eot_ids) for r in records]  # fmt: skip
             out[f"{side}_input_ids"], out[f"{side}_attention_mask"] = _pad_rows(rows, tokenizer.pad_token_id)
     else:
-        rows = [tokenizer(raw.get_prompt(r))["input_ids"] for r in records]
+        texts = [chat_prompt(tokenizer, record_messages(raw, r)) if chat else raw.get_prompt(r) for r in records]
+        rows = [tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
         kept = [row for row in rows if len(row) <= max_seq_len]
         out = {}
         out["input_ids"], out["attention_mask"] = _pad_rows(kept, tokenizer.pad_token_id, left=True)
@@ -311,7 +357,8 @@ def _shuffle(tensors: dict, seed: int) -> dict:
     return {k: v[order] if v.dim() >= 1 else v for k, v in tensors.items()}
 
 
-def _build(data_path, data_split, train_phase, seed, tokenizer, max_seq_len, eot_ids, sft_only_data_path):
+def _build(data_path, data_split, train_phase, seed, tokenizer, max_seq_len, eot_ids, sft_only_data_path,
+           prompt_format):  # fmt: skip
     """(train tensors, eval tensors): each dataset's phase share, tokenized; several datasets blended and shuffled."""
     parts = {"train": [], "eval": []}
     jobs = [(name, data_split) for name in data_path]
@@ -321,7 +368,9 @@ def _build(data_path, data_split, train_phase, seed, tokenizer, max_seq_len, eot
         raw = get_raw_dataset(name)
         for key, records in (("train", raw.get_train_data()), ("eval", raw.get_eval_data())):
             chosen = [records[i] for i in split_indices(len(records), split, train_phase, seed)]
-            parts[key].append(tokenize_split(chosen, raw, train_phase, tokenizer, max_seq_len, eot_ids))
+            parts[key].append(
+                tokenize_split(chosen, raw, train_phase, tokenizer, max_seq_len, eot_ids, prompt_format)
+            )
     out = []
     for key in ("train", "eval"):
         merged = _concat(parts[key], tokenizer.pad_token_id, left=train_phase == 3)
@@ -341,14 +390,23 @@ def create_prompt_dataset(
     end_of_conversation_token=END_OF_CONVERSATION_TOKEN,
     sft_only_data_path=[],  # noqa: B006 - the seed's signature; never mutated
     reload=False,
+    prompt_format="chat",
 ):
-    """(train, eval) PromptDatasets for `train_phase`, cached under output_path by a sha256 of every input."""
+    """(train, eval) PromptDatasets for `train_phase`, cached under output_path by a sha256 of every input.
+
+    prompt_format 'chat' (default) renders each record with the tokenizer's chat template, the format the model is
+    chatted with afterwards; the end marker is the template's own and end_of_conversation_token is not used.
+    'raw' is DeepSpeed-Chat's: the record's "\n\nHuman: ...\n\nAssistant:" text, the answer, then
+    end_of_conversation_token (None: the tokenizer's eos_token, as upstream passes).
+    """
     data_path = [data_path] if isinstance(data_path, str) else list(data_path)
     sft_only = [sft_only_data_path] if isinstance(sft_only_data_path, str) else list(sft_only_data_path)
     parse_data_split(data_split)  # fail fast, before any work
     if train_phase not in (1, 2, 3):
         raise ValueError(f"train_phase must be 1, 2 or 3, got {train_phase!r}")
-    eot_ids = end_of_conversation_ids(tokenizer, end_of_conversation_token)
+    _check_prompt_format(tokenizer, prompt_format)
+    chat = prompt_format == "chat"
+    eot_ids = [] if chat else end_of_conversation_ids(tokenizer, end_of_conversation_token or tokenizer.eos_token)
     key = cache_key(
         format=CACHE_FORMAT,
         data=[(name, get_raw_dataset(name).fingerprint) for name in data_path],
@@ -359,6 +417,8 @@ def create_prompt_dataset(
         tokenizer=tokenizer_fingerprint(tokenizer),
         max_seq_len=max_seq_len,
         end_of_conversation=eot_ids,
+        prompt_format=prompt_format,
+        chat_template=tokenizer.chat_template if chat else None,
     )
     os.makedirs(output_path, exist_ok=True)
     train_file, eval_file = Path(output_path, f"traindata_{key}.pt"), Path(output_path, f"evaldata_{key}.pt")
@@ -366,7 +426,7 @@ def create_prompt_dataset(
     # local rank 0 of each node builds (the folder is node-local, as in DeepSpeed-Chat); the others wait
     if local_rank <= 0 and (reload or not (train_file.is_file() and eval_file.is_file())):
         train, evaluation = _build(
-            data_path, data_split, train_phase, seed, tokenizer, max_seq_len, eot_ids, sft_only
+            data_path, data_split, train_phase, seed, tokenizer, max_seq_len, eot_ids, sft_only, prompt_format
         )
         atomic_torch_save(train, train_file)
         atomic_torch_save(evaluation, eval_file)

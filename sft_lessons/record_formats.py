@@ -219,12 +219,21 @@ def detect_format(record: dict) -> str:
 # ---- chat template + loss mask ----------------------------------------------------------------------------------
 
 
-def sft_example(tokenizer, messages: list[dict]) -> dict:
-    """Chat-template render -> {'input_ids', 'labels', 'text'}; labels are -100 except on assistant turns + EOS."""
+TRAIN_ON = ("all", "last")
+
+
+def sft_example(tokenizer, messages: list[dict], train_on: str = "all") -> dict:
+    """Chat-template render -> {'input_ids', 'labels', 'text'}; labels are -100 except on assistant turns + EOS.
+
+    train_on: 'all' assistant turns, or only the 'last' one (rm-static's prompt/chosen: earlier turns are context).
+    """
+    if train_on not in TRAIN_ON:
+        raise ValueError(f"train_on {train_on!r}; valid: {', '.join(TRAIN_ON)}")
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []  # character spans of the assistant answers, including their closing <|im_end|>
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or (train_on == "last" and i != last):
             continue
         before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, default_data_collator, get_schedu
 from .device import get_device, progress, quiet, set_seed, tell_deepspeed
 from .dschat import (
     END_OF_CONVERSATION_TOKEN,
+    PROMPT_FORMATS,
     create_prompt_dataset,
     end_of_conversation_ids,
     load_hf_tokenizer,
@@ -85,7 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lora_scaling", type=float, default=1.0, help="LoRA alpha: the update is scaled by alpha / r")
     a("--only_optimize_lora", action="store_true", help="freeze everything but the LoRA factors")
     a("--lora_learning_rate", type=float, default=5e-4, help="learning rate of the LoRA factors")
-    a("--end_of_conversation_token", default=END_OF_CONVERSATION_TOKEN)
+    a(
+        "--prompt_format",
+        default="chat",
+        choices=PROMPT_FORMATS,
+        help="chat (default): the tokenizer's chat template, the format the model is used with; "
+        "raw: DeepSpeed-Chat's '\\n\\nHuman: ...\\n\\nAssistant:' text + --end_of_conversation_token",
+    )
+    a(
+        "--end_of_conversation_token",
+        default=None,
+        help="raw format only: the end marker after each answer (default: the tokenizer's eos_token, as upstream; "
+        f"the textbook's is {END_OF_CONVERSATION_TOKEN})",
+    )
     a(
         "--add_eot_token",
         action="store_true",
@@ -222,7 +235,7 @@ def _load(args, model, tokenizer):
         tokenizer = tokenizer or tiny_tokenizer()
         model = tiny_causal_lm("llama", seed=args.seed, vocab_size=len(tokenizer))
     if tokenizer is None:
-        eot = args.end_of_conversation_token if args.add_eot_token else None
+        eot = args.end_of_conversation_token if args.add_eot_token and args.prompt_format == "raw" else None
         tokenizer = load_hf_tokenizer(args.model_name_or_path, add_special_tokens=eot)
     if model is None:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
@@ -245,7 +258,8 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
         raise ValueError(f"--offload and --dtype fp16 need a GPU; this run is on {device.type}")
     set_seed(args.seed)
     model, tokenizer = _load(args, model, tokenizer)
-    eot = end_of_conversation_ids(tokenizer, args.end_of_conversation_token)
+    marker = tokenizer.eos_token if args.prompt_format == "chat" else args.end_of_conversation_token
+    eot = end_of_conversation_ids(tokenizer, marker or tokenizer.eos_token)
     # generate() should stop at the marker too (a marker that splits needs stop_sequences, see sft_eval)
     model.generation_config.eos_token_id = sorted({tokenizer.eos_token_id, *(eot if len(eot) == 1 else [])})
     if args.lora_dim > 0:  # first, so a bad --lora_module_name fails before any other work
@@ -260,6 +274,7 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
     train_set, eval_set = create_prompt_dataset(
         args.local_rank, args.data_path, args.data_split, data_out, 1, args.seed, tokenizer, args.max_seq_len,
         end_of_conversation_token=args.end_of_conversation_token, sft_only_data_path=args.sft_only_data_path,
+        prompt_format=args.prompt_format,
     )  # fmt: skip
     if len(train_set) == 0:
         raise ValueError(

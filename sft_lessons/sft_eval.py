@@ -11,13 +11,14 @@ from transformers import StoppingCriteria
 from .data import IGNORE_INDEX
 from .padding import trim_padding
 
-ANSWER_LINE = re.compile(r" Answer: ([^\n]+)\.")  # line 1: " Answer: <one sentence>."
+ANSWER_LINE = re.compile(r" ?Answer: ([^\n]+)\.")  # line 1: " Answer: <one sentence>." (chat: no leading space)
 POINT_LINE = re.compile(r"- (\S.*)")  # lines 2-4: "- <point>"
-HOUSE_STYLE_REGEX = r"^ Answer: [^\n]+\.(?:\n- \S[^\n]*[^.\s]){1,3}$"  # structure only (data card)
+HOUSE_STYLE_REGEX = r"^ ?Answer: [^\n]+\.(?:\n- \S[^\n]*[^.\s]){1,3}$"  # structure only (data card)
 
 
 def house_style_problems(text: str) -> list[str]:
-    """What breaks the data card's house style in `text` (an answer, after 'Assistant:'); [] if it complies."""
+    """What breaks the data card's house style in `text` (an answer: raw text after 'Assistant:', or a chat message);
+    [] if it complies."""
     problems = []
     if "Human:" in text or "Assistant:" in text:
         problems.append("contains another turn ('Human:' or 'Assistant:')")

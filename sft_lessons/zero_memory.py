@@ -1,4 +1,10 @@
-"""Memory for model states under ZeRO 0-3, from DeepSpeed's own estimators (第 7 章, notebooks/07_deepspeed_chat_sft.ipynb)."""
+"""Memory for model states under ZeRO 0-3: the ZeRO paper's formula and DeepSpeed's estimators (第 7 章, notebooks/07_deepspeed_chat_sft.ipynb).
+
+The formula (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models", §5.1,
+Figure 1) counts 2 + 2 + K bytes per parameter (16-bit parameters, 16-bit gradients, K = 12 bytes of fp32 Adam state:
+master weights, momentum, variance), built on chapter 4's `memory.estimate_training_memory`. DeepSpeed's estimators are
+an engineering estimate that also counts an fp32 copy of the gradients (4 more bytes) and, with offload, host buffers.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .device import tell_deepspeed
-from .memory import count_parameters
+from .memory import GiB, count_parameters, estimate_training_memory
 
 MODEL_CONFIGS = {  # values from each model's config.json on the Hugging Face hub
     "opt-350m": dict(model_type="opt", hidden_size=1024, ffn_dim=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -30,36 +36,65 @@ def count_params_from_config(config: dict) -> tuple[int, int]:
     return total, largest
 
 
-def zero_model_state_bytes(total, largest, stage, offload, num_gpus=1) -> tuple[int, int]:
-    """(GPU bytes per GPU, CPU bytes) for params, gradients and Adam states under ZeRO `stage` (mixed precision)."""
+ZERO_STAGES = (0, 1, 2, 3)
+
+
+def zero_model_states(n_params: float, stage: int, num_gpus: int = 1) -> dict[str, float]:
+    """Bytes per GPU of the paper's model states under ZeRO `stage` on `num_gpus` data-parallel GPUs (mixed-precision Adam).
+
+    {'parameters': 2Ψ, 'gradients': 2Ψ, 'optimizer_states': KΨ with K = 12, 'total'}; stage 1 divides the optimizer
+    states by N, stage 2 the gradients too, stage 3 the parameters too: (2+2+K)Ψ, 2Ψ+2Ψ+KΨ/N, 2Ψ+(2+K)Ψ/N, (2+2+K)Ψ/N.
+    """
+    if stage not in ZERO_STAGES:
+        raise ValueError(f"stage {stage!r}; valid: {', '.join(map(str, ZERO_STAGES))}")
+    if num_gpus < 1:
+        raise ValueError(f"num_gpus must be >= 1, got {num_gpus!r}")
+    est = estimate_training_memory(n_params, n_params, weight_bits=16, master_weights=True)  # 2 + 2 + (8 + 4) B
+
+    def share(nbytes: float, partitioned: bool) -> float:
+        return nbytes / num_gpus if partitioned else nbytes
+
+    out = {
+        "parameters": share(est["weights"], stage >= 3),
+        "gradients": share(est["gradients"], stage >= 2),
+        "optimizer_states": share(est["optimizer_states"] + est["master_weights"], stage >= 1),
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def deepspeed_estimate(total: int, largest: int, stage: int, offload: bool, num_gpus: int = 1) -> tuple[int, int] | None:
+    """(GPU bytes per GPU, host bytes) from DeepSpeed's estimator for ZeRO 2 or 3 (one node); None for stages 0 and 1,
+    which have none. Offload: optimizer state (stage 3: parameters too) in host memory."""
     tell_deepspeed()  # before importing deepspeed, so it does not guess the accelerator and warn
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
     if stage == 3:
-        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
-            total, largest, num_gpus, 1, offload, offload, True
-        )
-    elif stage == 2 or offload:  # stage-1 offload runs the same code as stage 2
+        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(total, largest, num_gpus, 1, offload, offload, True)
+    elif stage == 2:
         cpu, gpu = estimate_zero2_model_states_mem_needs(total, num_gpus, 1, offload)
-    else:  # DeepSpeed has no stage 0/1 estimator: the stage-2 accounting (2 + 2 + 16 bytes) without partitioning
-        partitioned = 16 * total // num_gpus if stage == 1 else 16 * total
-        cpu, gpu = 0, 4 * total + partitioned
+    else:
+        return None
     return int(gpu), int(cpu)
 
 
 def zero_memory_table(configs: dict[str, dict], gpus=(1, 8)) -> list[dict]:
-    """Rows {model, params, zero_stage, offload, GiB per GPU (for each count in gpus), CPU GiB}."""
+    """Rows {model, params, zero_stage, offload, paper GiB/GPU and DeepSpeed GiB/GPU for each count in gpus,
+    DeepSpeed host GiB (offload rows)}; NaN where a source has no number (the paper: offload; DeepSpeed: stages 0-1)."""
+    nan = float("nan")
     rows = []
     for name, config in configs.items():
         total, largest = count_params_from_config(config)
-        for stage in (0, 1, 2, 3):
-            for offload in (False, True) if stage else (False,):
+        for stage in ZERO_STAGES:
+            for offload in (False, True) if stage >= 2 else (False,):
                 row = dict(model=name, params=f"{total / 1e6:,.0f}M", zero_stage=stage, offload=offload)
                 for n in gpus:
-                    row[f"GiB/GPU ({n} GPU)"] = (
-                        zero_model_state_bytes(total, largest, stage, offload, n)[0] / 2**30
-                    )
-                row["CPU GiB (1 GPU)"] = zero_model_state_bytes(total, largest, stage, offload, 1)[1] / 2**30
+                    row[f"paper ({n} GPU)"] = nan if offload else zero_model_states(total, stage, n)["total"] / GiB
+                for n in gpus:
+                    est = deepspeed_estimate(total, largest, stage, offload, n)
+                    row[f"DeepSpeed ({n} GPU)"] = nan if est is None else est[0] / GiB
+                est = deepspeed_estimate(total, largest, stage, offload, 1)
+                row["DeepSpeed host (1 GPU)"] = est[1] / GiB if offload else nan
                 rows.append(row)
     return rows

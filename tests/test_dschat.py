@@ -139,6 +139,41 @@ def test_create_prompt_dataset_phase1(tmp_path, tok):
         assert int(cached["num_dropped"]) == dataset.num_dropped
 
 
+def test_chat_format_trains_on_the_rendered_conversation(tmp_path, tok):
+    raw = dschat.get_raw_dataset("local/hh_sft")
+    train, _ = create_prompt_dataset(-1, "local/hh_sft", "10,0,0", tmp_path, 1, 0, tok, 512)  # chat: the default
+    order = split_indices(len(raw.get_train_data()), "10,0,0", 1, seed=0)  # phase 1's seeded order
+    records = [raw.get_train_data()[j] for j in order]
+    multi = next(i for i, r in enumerate(records) if r["prompt"].count("Human:") > 1)
+    for i in (0, multi):
+        record, item = records[i], train[i]
+        messages = dschat.record_messages(raw, record)
+        n = int(item["attention_mask"].sum())
+        rendered = tok.apply_chat_template(messages, tokenize=False)
+        assert tok.decode(item["input_ids"][:n]) == rendered  # the trained tokens are the template's
+        target = item["labels"][item["labels"] != -100]
+        assert tok.decode(target) == messages[-1]["content"] + "<|im_end|>"  # only the last answer + end marker
+        assert (item["labels"][n:] == -100).all() and (item["attention_mask"][n:] == 0).all()
+        prompt_ids = tok(dschat.chat_prompt(tok, messages), add_special_tokens=False)["input_ids"]
+        assert item["input_ids"][: len(prompt_ids)].tolist() == prompt_ids  # generation sees the same prefix
+
+
+def test_raw_format_and_its_end_marker(tmp_path, tok):
+    chat, _ = create_prompt_dataset(-1, "local/hh_sft", "10,0,0", tmp_path, 1, 0, tok, 512)
+    raw, _ = create_prompt_dataset(-1, "local/hh_sft", "10,0,0", tmp_path, 1, 0, tok, 512, prompt_format="raw")
+    assert len(list(tmp_path.glob("traindata_*.pt"))) == 2  # the format is part of the cache key
+    n = int(raw[0]["attention_mask"].sum())
+    assert "Human:" in tok.decode(raw[0]["input_ids"][:n]) and "<|im_start|>" not in tok.decode(raw[0]["input_ids"][:n])
+    assert raw[0]["labels"][n - 1] == end_of_conversation_ids(tok)[0]  # the textbook's <|endoftext|>
+    eos, _ = create_prompt_dataset(-1, "local/hh_sft", "10,0,0", tmp_path, 1, 0, tok, 512, prompt_format="raw",
+                                   end_of_conversation_token=None)  # fmt: skip
+    assert eos[0]["labels"][int(eos[0]["attention_mask"].sum()) - 1] == tok.eos_token_id  # upstream: eos_token
+    with pytest.raises(ValueError, match="valid: chat, raw"):
+        create_prompt_dataset(-1, "local/hh_sft", "10,0,0", tmp_path, 1, 0, tok, 512, prompt_format="alpaca")
+    with pytest.raises(ValueError, match="has none.*'raw'"):
+        create_prompt_dataset(-1, "local/hh_sft", "10,0,0", tmp_path, 1, 0, opt_style_tokenizer(), 512)
+
+
 def test_cache_is_reused_and_keyed_on_inputs(tmp_path, tok, monkeypatch):
     create_prompt_dataset(-1, "local/hh_sft", "2,4,4", tmp_path, 1, 0, tok, 512)
 

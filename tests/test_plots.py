@@ -244,7 +244,7 @@ def test_sft_label_mask_colours_each_token_by_role(tmp_path):
     ]
     assert [p.get_xy() for p in ax.patches][:2] == [(0.03, 0.05), (1.03, 0.05)]  # left to right, 16 per row
     assert legend_texts(ax) == [
-        "prompt: label IGNORE_INDEX", "answer + end marker: learnt", "padding: label IGNORE_INDEX",
+        "prompt, template: label IGNORE_INDEX", "answer + end marker: learnt", "padding: label IGNORE_INDEX",
     ]  # fmt: skip
     long = plots.sft_label_mask_figure(["t"] * 17, [1] * 17, [1] * 17).axes[0]
     assert long.patches[16].get_xy() == (0.03, 1.05)  # the 17th token starts the second row

@@ -118,6 +118,12 @@ def test_sft_example_masks_everything_but_the_answers():
     kept = [t for t, label in zip(ex["input_ids"], ex["labels"], strict=True) if label != rf.IGNORE_INDEX]
     assert tok.decode(kept) == "Hello. How can I help?<|im_end|>7<|im_end|>"
     assert ex["labels"][0] == rf.IGNORE_INDEX and ex["text"].startswith("<|im_start|>user")
+    last = rf.sft_example(tok, CHAT["messages"], train_on="last")  # rm-static: earlier turns are context
+    assert last["input_ids"] == ex["input_ids"]
+    kept = [t for t, label in zip(last["input_ids"], last["labels"], strict=True) if label != rf.IGNORE_INDEX]
+    assert tok.decode(kept) == "7<|im_end|>"
+    with pytest.raises(ValueError, match="valid: all, last"):
+        rf.sft_example(tok, CHAT["messages"], train_on="first")
 
 
 def test_token_stats():

@@ -51,6 +51,16 @@ def test_padding_argument(capsys):
         sft.validate_args(args)
 
 
+def test_prompt_format_and_end_marker_defaults(capsys):
+    args = sft.parse_args([])
+    assert args.prompt_format == "chat"  # trained as it is chatted with
+    assert args.end_of_conversation_token is None  # raw format: the tokenizer's eos_token, as upstream
+    assert sft.parse_args(["--prompt_format", "raw"]).prompt_format == "raw"
+    with pytest.raises(SystemExit):
+        sft.parse_args(["--prompt_format", "alpaca"])
+    assert "invalid choice: 'alpaca'" in capsys.readouterr().err
+
+
 def test_seed_argument_names():
     names = {a.dest for a in sft.build_parser()._actions}
     step1 = {"data_path", "data_split", "data_output_path", "max_seq_len", "model_name_or_path", "lora_dim",

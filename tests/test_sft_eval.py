@@ -83,7 +83,7 @@ def test_style_metrics():
 def test_perplexity_is_token_weighted(tmp_path):
     tok = opt_style_tokenizer()
     model = tiny_causal_lm("llama", seed=0, vocab_size=len(tok))
-    _, evaluation = create_prompt_dataset(-1, "local/hh_sft", "10,0,0", tmp_path, 1, 0, tok, 512)
+    _, evaluation = create_prompt_dataset(-1, "local/hh_sft", "10,0,0", tmp_path, 1, 0, tok, 512, prompt_format="raw")
     evaluation.tensors = {k: v[:3] for k, v in evaluation.tensors.items()}
     batch = trim_padding(dict(evaluation.tensors))
     with torch.no_grad():
@@ -97,7 +97,7 @@ def test_answer_token_losses_sum_to_hf_loss(tmp_path):
 
     tok = opt_style_tokenizer()
     model = tiny_causal_lm("llama", seed=0, vocab_size=len(tok))
-    _, evaluation = create_prompt_dataset(-1, "local/hh_sft", "10,0,0", tmp_path, 1, 0, tok, 512)
+    _, evaluation = create_prompt_dataset(-1, "local/hh_sft", "10,0,0", tmp_path, 1, 0, tok, 512, prompt_format="raw")
     batch = trim_padding({k: v[:3] for k, v in evaluation.tensors.items()})
     model.train()  # dropout would make the sums random; the function scores in eval mode and restores the mode
     sums, counts = answer_token_losses(model, batch)
