@@ -248,6 +248,19 @@ def sft_example(tokenizer, messages: list[dict], train_on: str = "all") -> dict:
     return {"input_ids": enc["input_ids"], "labels": labels, "text": text}
 
 
+def mark_targets(tokenizer, input_ids, labels, marks: tuple[str, str] = ("«", "»")) -> str:
+    """The decoded tokens with every run of supervised tokens (label != -100) wrapped in `marks` (pass real tokens only)."""
+    ids, labels = list(map(int, input_ids)), list(map(int, labels))
+    pieces, inside = [], False
+    for tok, label in zip(ids, labels, strict=True):
+        target = label != IGNORE_INDEX
+        if target != inside:
+            pieces.append(marks[0] if target else marks[1])
+            inside = target
+        pieces.append(tokenizer.decode([tok]))
+    return "".join(pieces + ([marks[1]] if inside else []))
+
+
 def token_stats(tokenizer, texts: list[str]) -> list[dict]:
     """Per text: characters, tokens and tokens per character under `tokenizer`."""
     rows = []

@@ -31,7 +31,7 @@ def house_style_problems(text: str) -> list[str]:
         problems.append(f"{len(lines)} lines; expected 2-4 (the answer and 1-3 points)")
     answer = ANSWER_LINE.fullmatch(lines[0])
     if answer is None:
-        problems.append(f"line 1 is not ' Answer: <sentence>.': {lines[0][:40]!r}")
+        problems.append(f"line 1 is not 'Answer: <sentence>.': {lines[0][:40]!r}")
     else:
         sentence = answer.group(1)
         if not 8 <= len(sentence.split()) <= 30:

@@ -122,6 +122,7 @@ def test_sft_example_masks_everything_but_the_answers():
     assert last["input_ids"] == ex["input_ids"]
     kept = [t for t, label in zip(last["input_ids"], last["labels"], strict=True) if label != rf.IGNORE_INDEX]
     assert tok.decode(kept) == "7<|im_end|>"
+    assert rf.mark_targets(tok, last["input_ids"], last["labels"]).endswith("<|im_start|>assistant\n«7<|im_end|>»\n")
     with pytest.raises(ValueError, match="valid: all, last"):
         rf.sft_example(tok, CHAT["messages"], train_on="first")
 
