@@ -1,7 +1,7 @@
 """DeepSpeed-Chat step 1 as a command, `python -m sft_lessons.sft`, with step 1's argument names (第 7 章, notebooks/07_deepspeed_chat_sft.ipynb).
 
 Single process with plain `python` (gloo on CPU, NCCL on GPU); several GPUs under the launcher:
-    deepspeed --num_gpus N -m sft_lessons.sft --zero_stage 2 ...
+    deepspeed --num_gpus N --module sft_lessons.sft --zero_stage 2 ...
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Memory for model states under ZeRO 0-3: the ZeRO paper's formula and DeepSpeed's estimators (第 7 章, notebooks/07_deepspeed_chat_sft.ipynb).
 
-The formula (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models", §5.1,
-Figure 1) counts 2 + 2 + K bytes per parameter (16-bit parameters, 16-bit gradients, K = 12 bytes of fp32 Adam state:
-master weights, momentum, variance), built on chapter 4's `memory.estimate_training_memory`. DeepSpeed's estimators are
-an engineering estimate that also counts an fp32 copy of the gradients (4 more bytes) and, with offload, host buffers.
+The formula (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models": 16Ψ in
+§3.1, the stages in §5 and Figure 1) counts 2 + 2 + K bytes per parameter (16-bit parameters, 16-bit gradients, K = 12
+bytes of fp32 Adam state: master weights, momentum, variance), built on chapter 4's `memory.estimate_training_memory`.
+DeepSpeed's estimators also count the fp32 gradient its ZeRO-1/2 implementation builds for each partition (4 more
+bytes) and, with offload, host buffers.
 """
 
 from __future__ import annotations

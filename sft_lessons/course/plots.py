@@ -257,7 +257,7 @@ def sft_loss_curve_figure(history: list[dict], perplexity: list):
     ax1.grid(alpha=0.3)
     epochs, ppl = zip(*perplexity, strict=True)
     ax2.plot(epochs, ppl, marker="o", color="#cc4125")
-    ax2.set(xlabel="epoch (0 = before training)", ylabel="held-out perplexity", title="held-out perplexity")
+    ax2.set(xlabel="after epoch (0 = before training; the last may stop early at --max_steps)", ylabel="held-out perplexity", title="held-out perplexity")
     ax2.set_xticks(list(epochs))
     ax2.grid(alpha=0.3)
     fig.tight_layout()
