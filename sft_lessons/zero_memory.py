@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from .device import tell_deepspeed
 from .memory import GiB, count_parameters, estimate_training_memory
 
-MODEL_CONFIGS = {  # values from each model's config.json on the Hugging Face hub
+MODEL_CONFIGS = {  # config.json of facebook/opt-350m, facebook/opt-1.3b, huggyllama/llama-7b on the Hugging Face hub
     "opt-350m": dict(model_type="opt", hidden_size=1024, ffn_dim=4096, num_hidden_layers=24, num_attention_heads=16,
                      vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=512,
                      do_layer_norm_before=False),
