@@ -33,6 +33,24 @@ _LAZY = {
 }
 
 
+def _import_tqdm_auto_quietly() -> None:
+    """Import tqdm.auto once with its warnings off.
+
+    huggingface_hub (under transformers and datasets) imports tqdm.auto; in a Jupyter kernel without ipywidgets that
+    import prints "TqdmWarning: IProgress not found" on stderr and falls back to the text bar, which is what the course
+    uses anyway. Importing it here first keeps that warning out of every notebook's first output.
+    """
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        importlib.import_module("tqdm.auto")
+
+
+_import_tqdm_auto_quietly()
+
+
 def __getattr__(name):
     if name in _LAZY:
         import importlib
