@@ -234,12 +234,12 @@ def test_sft_label_mask_colours_each_token_by_role(tmp_path):
     prompt, target, padding = rgb("#dddddd"), rgb("#b6d7a8"), rgb("#ffffff")
     assert [rgb(p.get_facecolor()) for p in ax.patches] == [prompt] * 4 + [target] * 2 + [padding]
     assert [t.get_text() for t in ax.texts] == [
-        "<|im_star",
+        "<|im_sta…",
         "user",
         "hi\\n",
-        "<|im_end|",
+        "<|im_end…",
         "ok",
-        "<|endofte",
+        "<|endoft…",
         "<pad>",
     ]
     assert [p.get_xy() for p in ax.patches][:2] == [(0.03, 0.05), (1.03, 0.05)]  # left to right, 16 per row

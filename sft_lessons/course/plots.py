@@ -234,7 +234,9 @@ def sft_label_mask_figure(tokens: list[str], labels: list[int], attention_mask: 
         kind = "padding" if not att else "prompt" if lab == IGNORE_INDEX else "target"
         r, c = divmod(i, per_row)
         ax.add_patch(matplotlib.patches.Rectangle((c + 0.03, r + 0.05), 0.94, 0.9, fc=colors[kind], ec="#999999", lw=0.5))
-        ax.text(c + 0.5, r + 0.5, tok.replace("\n", "\\n")[:9], ha="center", va="center", fontsize=7)
+        text = tok.replace("\n", "\\n")
+        text = text if len(text) <= 9 else text[:8] + "…"  # cut labels say so
+        ax.text(c + 0.5, r + 0.5, text, ha="center", va="center", fontsize=7)
     handles = [matplotlib.patches.Rectangle((0, 0), 1, 1, fc=colors[k], ec="#999999") for k in colors]
     labels_txt = ["prompt, template: label IGNORE_INDEX", "answer + end marker: learnt", "padding: label IGNORE_INDEX"]
     ax.legend(
