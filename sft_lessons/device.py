@@ -54,7 +54,8 @@ def quiet() -> None:
     hf_logging.disable_progress_bar()
 
     disable_progress_bars()  # transformers 5 loads weights behind a huggingface_hub progress bar
-    for name in ("DeepSpeed", "deepspeed", "torch.distributed", "accelerate", "bitsandbytes", "datasets"):
+    # kernels: bitsandbytes asks it for a hub CPU kernel at import; offline that only logs a warning
+    for name in ("DeepSpeed", "deepspeed", "torch.distributed", "accelerate", "bitsandbytes", "datasets", "kernels"):
         logging.getLogger(name).setLevel(logging.ERROR)
     datasets.disable_progress_bars()
     datasets.utils.logging.set_verbosity_error()
