@@ -111,14 +111,19 @@ def generate_responses(
     return results
 
 
+def style_flags(results: list[dict]) -> tuple[list[bool], list[bool]]:
+    """(follows the house style, stopped cleanly) per generation: two lists of bools, for intervals and paired tests."""
+    return (
+        [follows_house_style(r["text"]) for r in results],
+        [clean_stop(r["text"], r["stopped"]) for r in results],
+    )
+
+
 def style_metrics(results: list[dict]) -> dict:
     """{'compliance', 'clean_stops', 'n'}: shares of generations that follow the house style / stop cleanly."""
+    complies, stops = style_flags(results)
     n = len(results)
-    return {
-        "compliance": sum(follows_house_style(r["text"]) for r in results) / max(n, 1),
-        "clean_stops": sum(clean_stop(r["text"], r["stopped"]) for r in results) / max(n, 1),
-        "n": n,
-    }
+    return {"compliance": sum(complies) / max(n, 1), "clean_stops": sum(stops) / max(n, 1), "n": n}
 
 
 def answer_token_losses(model, batch):

@@ -14,6 +14,7 @@ from sft_lessons.sft_eval import (
     generate_responses,
     house_style_problems,
     perplexity,
+    style_flags,
     style_metrics,
 )
 
@@ -78,6 +79,8 @@ def test_generate_responses_batched_stops():
 def test_style_metrics():
     results = [dict(text=GOOD, stopped=True), dict(text="rambling", stopped=False)]
     assert style_metrics(results) == {"compliance": 0.5, "clean_stops": 0.5, "n": 2}
+    complies, stops = style_flags(results)
+    assert len(complies) == len(stops) == 2 and sum(complies) == sum(stops) == 1
 
 
 def test_perplexity_is_token_weighted(tmp_path):
