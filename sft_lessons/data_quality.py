@@ -1,4 +1,4 @@
-"""Does curation pay? The same LoRA SFT on curated and raw records, scored by curation's own detectors (第 6 章, notebooks/06_instruction_data.ipynb)."""
+"""Does curation pay? The same LoRA SFT on curated and raw records, answers scored by curation's detectors and a stop check (第 6 章, notebooks/06_instruction_data.ipynb)."""
 
 from __future__ import annotations
 
@@ -146,7 +146,8 @@ def answer_flags(text: str, stopped: bool, relevance: float | None = None,
                  config: CurationConfig | None = None) -> dict[str, bool]:
     """Curation's detectors applied to one generated answer: True where the answer has that problem.
 
-    format: HTML, entities, BBCode, mojibake, broken Markdown (unclosed ```, ** or __ only if the answer ended); pii: an email, phone, address or birth date;
+    format: any of format_problems (HTML, entities, BBCode, mojibake, signatures, EDIT lines, stray whitespace, Markdown
+    debris, unclosed ```, ** or __; the unclosed ones only if the answer ended); pii: an email, phone, address or birth date;
     too_short: under config.min_words words; no_stop: no end marker within the token budget (a rambling answer);
     off_topic: spam, or question-answer relevance under config.min_relevance (when given).
     """
