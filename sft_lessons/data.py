@@ -40,7 +40,7 @@ def load_jsonl(path, required_fields: Mapping[str, type] | Iterable[str] = ()) -
     path = Path(path)
     fields = dict(required_fields) if isinstance(required_fields, Mapping) else dict.fromkeys(required_fields)
     records = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark from a Windows editor is skipped
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -143,3 +143,9 @@ def test_load_ood_reviews_has_text_label_kind():
     assert ds.features["label"].names == load_reviews(use_hub=False)["train"].features["label"].names
     assert ds.num_rows >= 120 and sum(ds["label"]) * 2 == ds.num_rows
     assert set(ds["kind"]) == OOD_KINDS
+
+
+def test_byte_order_mark_is_skipped(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes('\ufeff{"a": 1}\n{"a": 2}\n'.encode("utf-8"))  # as Windows Notepad saves UTF-8
+    assert load_jsonl(path, {"a": int}) == [{"a": 1}, {"a": 2}]
