@@ -277,9 +277,10 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
         prompt_format=args.prompt_format,
     )  # fmt: skip
     if len(train_set) == 0:
-        raise ValueError(
-            f"no training records fit --max_seq_len {args.max_seq_len} with --data_split {args.data_split}"
-        )
+        dropped = train_set.num_dropped
+        why = (f"all {dropped} records of the phase-1 share are longer than --max_seq_len {args.max_seq_len}" if dropped
+               else f"--data_path {' '.join(args.data_path)} with --data_split {args.data_split} gives phase 1 no records")
+        raise ValueError(f"no training records: {why}")
     if args.test_mode:
         eval_set.tensors = {k: v[:16] for k, v in eval_set.tensors.items()}
     if args.gradient_checkpointing:
