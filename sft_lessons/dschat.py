@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -42,7 +43,7 @@ PROMPT_FORMATS = ("chat", "raw")  # the tokenizer's chat template (default), or 
 LOCAL_DATASETS = {"local/hh_sft": "hh_sft.jsonl", "hh_sft": "hh_sft.jsonl"}
 HUB_DATASETS = ("Dahoas/rm-static",)
 HH_FIELDS = {"prompt": str, "response": str, "chosen": str, "rejected": str, "split": str}
-CACHE_FORMAT = 2  # bump when the tokenization below changes, so old caches are never reused
+CACHE_FORMAT = 3  # bump when the tokenization below changes, so old caches are never reused
 
 
 # ---- tokenizer ----
@@ -169,7 +170,12 @@ def split_indices(size: int, data_split: str, train_phase: int, seed: int) -> li
     if train_phase not in (1, 2, 3):
         raise ValueError(f"train_phase must be 1, 2 or 3, got {train_phase!r}")
     shares = parse_data_split(data_split)
-    bounds = [0] + [int(round(size * sum(shares[: i + 1]))) for i in range(3)]  # ends exactly at size
+    # DeepSpeed-Chat's rounding: each share rounded on its own, the excess (or shortfall) taken off every boundary
+    bounds = [0]
+    for share in shares:
+        bounds.append(bounds[-1] + int(round(share * float(size))))
+    excess = bounds[-1] - size
+    bounds = [0] + [min(max(b - excess, 0), size) for b in bounds[1:]]  # clamped: upstream can go below 0
     order = np.random.RandomState(seed).permutation(size)
     return order[bounds[train_phase - 1] : bounds[train_phase]].tolist()
 
@@ -454,8 +460,10 @@ def _full_state_dict(model) -> dict:
         return {k: copies[v.data_ptr()] for k, v in model.state_dict().items()}
 
 
-def save_hf_format(model, tokenizer, args, sub_folder: str = "") -> Path:
-    """Write config, generation config, model.safetensors and the whole tokenizer to args.output_dir/sub_folder."""
+def save_hf_format(model, tokenizer, args, sub_folder: str = "", write: bool = True, extra_files=None) -> Path:
+    """Write config, generation config, model.safetensors, the whole tokenizer and `extra_files` ({name: text}) to
+    args.output_dir/sub_folder, atomically: into a temporary folder beside it, then renamed. Under ZeRO-3 every rank
+    must call it (the parameters are gathered); only the ranks with write=True write."""
     model_to_save = model.module if hasattr(model, "module") else model  # unwrap a DeepSpeed engine
     unfused = [name for name, layer in lora_layers(model_to_save).items() if not layer.fuse_lora]
     if unfused:  # the seed silently dropped the adapters here; fusing first keeps what was learned
@@ -464,10 +472,37 @@ def save_hf_format(model, tokenizer, args, sub_folder: str = "") -> Path:
             "call convert_lora_to_linear_layer(model) before save_hf_format"
         )
     output_dir = Path(getattr(args, "output_dir", args), sub_folder)
-    output_dir.mkdir(parents=True, exist_ok=True)
     state = {
         k: v for k, v in _full_state_dict(model_to_save).items() if k.rsplit(".", 1)[-1] not in LORA_KEYS
     }
-    model_to_save.save_pretrained(output_dir, state_dict=state)  # safetensors + config + generation_config
-    tokenizer.save_pretrained(output_dir)  # tokenizer.json, its config, special tokens, chat template
+    if not write:
+        return output_dir
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.saving-", dir=output_dir.parent))
+    model_to_save.save_pretrained(tmp, state_dict=state)  # safetensors + config + generation_config
+    tokenizer.save_pretrained(tmp)  # tokenizer.json, its config, special tokens, chat template
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text, encoding="utf-8")
+    try:
+        replace_dir(tmp, output_dir)
+    except OSError as exc:
+        raise OSError(f"could not move the saved model to {output_dir} ({exc.strerror or exc}); "
+                      f"it is complete in {tmp}") from exc  # fmt: skip
     return output_dir
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Put folder `src` at `dst`, replacing a folder there: the old one is moved aside first and removed last."""
+    old = None
+    if dst.is_dir():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        os.replace(dst, old / dst.name)
+    try:
+        os.replace(src, dst)
+    except OSError:
+        if old is not None:
+            os.replace(old / dst.name, dst)  # put the previous model back
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

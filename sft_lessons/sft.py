@@ -1,24 +1,31 @@
 """DeepSpeed-Chat step 1 as a command, `python -m sft_lessons.sft`, with step 1's argument names (第 7 章, notebooks/07_deepspeed_chat_sft.ipynb).
 
-Single process with plain `python` (gloo on CPU, NCCL on GPU); several GPUs under the launcher:
-    deepspeed --num_gpus N --module sft_lessons.sft --zero_stage 2 ...
+One process:                 python -m sft_lessons.sft --zero_stage 2 ...
+N processes on one machine:  torchrun --standalone --nproc_per_node N -m sft_lessons.sft ...   (CPU: gloo; GPU: NCCL)
+                             deepspeed --num_gpus N --module sft_lessons.sft ...             (GPUs)
+N nodes (GPUs):              deepspeed --hostfile hostfile --num_nodes N --module sft_lessons.sft ...
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.util
+import json
 import math
 import os
 import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
-from transformers import AutoModelForCausalLM, default_data_collator, get_scheduler
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, default_data_collator, get_scheduler
 
+from .data import IGNORE_INDEX
 from .device import get_device, progress, quiet, set_seed, tell_deepspeed
 from .dschat import (
     END_OF_CONVERSATION_TOKEN,
@@ -34,7 +41,9 @@ from .memory import count_parameters
 from .models import quiet_from_pretrained, resolve, tiny_causal_lm, tiny_tokenizer
 from .padding import LengthGroupedBatches, trim_padding
 from .paths import build_dir
+from .settings import SettingError, cache_root
 from .sft_eval import perplexity
+from .zero_memory import MEASURED, gradient_tensors, held_bytes, model_state_bytes, rank_memory_table
 
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -74,12 +83,35 @@ def build_parser() -> argparse.ArgumentParser:
     a("--gradient_accumulation_steps", type=int, default=1)
     a("--lr_scheduler_type", default="cosine", choices=SCHEDULERS)
     a("--num_warmup_steps", type=int, default=0)
-    a("--output_dir", default=None, help="where save_hf_format writes the fused model (default: no saving)")
+    a(
+        "--output_dir",
+        default=None,
+        help="where the fused model is saved at the end, atomically (default: no saving); a non-empty folder "
+        "must hold an earlier run of this command, else --overwrite_output_dir",
+    )
+    a("--overwrite_output_dir", action="store_true", help="let --output_dir replace a folder with other content")
     a("--seed", type=int, default=1234)
     a("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
     a("--gradient_checkpointing", action="store_true")
-    a("--offload", action="store_true", help="ZeRO-Offload: optimizer state in CPU memory (GPU only)")
-    a("--zero_stage", type=int, default=0, choices=(0, 1, 2, 3), help="3 partitions the weights too (GPU)")
+    a(
+        "--dropout",
+        type=float,
+        default=None,
+        help="set the model config's dropout rates (dropout, attention_dropout, hidden_dropout, activation_dropout: "
+        "those it has) to this value; default: keep the model's own",
+    )
+    a(
+        "--offload",
+        action="store_true",
+        help="ZeRO-Offload: optimizer state (and with stage 3 the parameters) in CPU memory, DeepSpeedCPUAdam",
+    )
+    a(
+        "--zero_stage",
+        type=int,
+        default=0,
+        choices=(0, 1, 2, 3),
+        help="partition across ranks: 1 optimizer state, 2 + gradients, 3 + parameters",
+    )
     a("--dtype", default="fp32", choices=DTYPES)
     a("--lora_dim", type=int, default=0, help="LoRA rank r; 0 = full fine-tuning")
     a("--lora_module_name", default="layers.", help="substring of the Linear layers to adapt; several: a,b")
@@ -95,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--end_of_conversation_token",
+        "--eot_token",
+        dest="end_of_conversation_token",
         default=None,
         help="raw format only: the end marker after each answer (default: the tokenizer's eos_token, as upstream; "
         f"the textbook's is {END_OF_CONVERSATION_TOKEN})",
@@ -103,6 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--add_eot_token",
         action="store_true",
         help="add the end marker as a special token (resizes embeddings)",
+    )
+    a(
+        "--compute_fp32_loss",
+        action="store_true",
+        help="compute the loss from logits cast to fp32 (matters for --dtype bf16/fp16)",
+    )
+    a("--enable_tensorboard", action="store_true", help="log loss and lr through DeepSpeed's TensorBoard monitor")
+    a("--tensorboard_path", default="step1_tensorboard", help="TensorBoard folder (with --enable_tensorboard)")
+    a(
+        "--dist_timeout",
+        type=float,
+        default=10.0,
+        help="minutes a rank waits in a collective before the job fails (a lost rank cannot hang it)",
     )
     a("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (-1: all epochs)")
     a("--print_loss", action="store_true", help="print the loss of every optimizer step")
@@ -123,11 +170,32 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tiny random model and tokenizer, a few steps: checks the plumbing",
     )
+    try:
+        tell_deepspeed()  # DeepSpeed's import would otherwise guess the accelerator and warn
+    except SettingError:
+        pass  # a bad SFT_LESSONS_DEVICE is reported by validate_args
+    import deepspeed
+
+    deepspeed.add_config_arguments(p)  # --deepspeed, --deepspeed_config: a JSON file merged over the built config
     return p
 
 
+def _writable_dir(option: str, path) -> Path:
+    """`path` as a folder that exists or can be made: no file in the way (itself or a parent)."""
+    path = Path(path).expanduser()
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"{option} {path}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK):
+                raise ValueError(f"{option} {path}: {folder} is not writable")
+            break
+    return path
+
+
 def validate_args(args) -> argparse.Namespace:
-    """Raise ValueError naming the bad value and the valid ones; returns args."""
+    """Check every option, path and setting the run will use, before any expensive work; raise ValueError naming
+    the option (or variable) and the valid values. Returns args."""
     parse_data_split(args.data_split)
     if args.lora_dim < 0:
         raise ValueError(f"--lora_dim must be >= 0 (0 = no LoRA), got {args.lora_dim}")
@@ -141,25 +209,58 @@ def validate_args(args) -> argparse.Namespace:
         raise ValueError(f"--max_seq_len must be >= 8, got {args.max_seq_len}")
     if args.num_warmup_steps < 0:
         raise ValueError(f"--num_warmup_steps must be >= 0, got {args.num_warmup_steps}")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(f"--max_steps must be >= 1, or -1 for all epochs; got {args.max_steps}")
+    for name in ("learning_rate", "lora_learning_rate", "lora_scaling", "dist_timeout"):
+        value = getattr(args, name)
+        if not value > 0 or math.isinf(value):
+            raise ValueError(f"--{name} must be a positive number, got {value}")
+    if not args.weight_decay >= 0:
+        raise ValueError(f"--weight_decay must be >= 0, got {args.weight_decay}")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.padding not in PADDINGS:
         raise ValueError(f"--padding {args.padding!r}; valid: {', '.join(PADDINGS)}")
+    device = get_device()  # validates SFT_LESSONS_DEVICE
+    cache_root()  # validates SFT_LESSONS_CACHE (the models, and build/ of a non-editable install)
+    if args.dtype == "fp16" and device.type != "cuda":
+        raise ValueError(f"--dtype fp16 needs a GPU (DeepSpeed's fp16 loss scaling); this run is on {device.type}; "
+                         "valid here: fp32, bf16")  # fmt: skip
+    if args.enable_tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("--enable_tensorboard needs the tensorboard package: pip install 'sft-lessons[tensorboard]'")
+    user_ds_config(args)  # --deepspeed_config: readable JSON object
+    if args.data_output_path:
+        _writable_dir("--data_output_path", args.data_output_path)
+    if args.output_dir:
+        out = _writable_dir("--output_dir", args.output_dir)
+        previous = out.is_dir() and any(out.iterdir())
+        if previous and not args.overwrite_output_dir and not (out / "history.json").is_file():
+            raise ValueError(f"--output_dir {out} is a non-empty folder that does not hold an earlier run of this "
+                             "command; pick another folder or pass --overwrite_output_dir")  # fmt: skip
     return args
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """Parsed and validated arguments (test_mode fills in its small sizes)."""
-    args = build_parser().parse_args(argv)
-    if args.test_mode:
-        for key, value in TEST_MODE.items():
-            setattr(args, key, value)
+    """Parsed and validated arguments (--test_mode sets small sizes where the command line gives none)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.test_mode:  # its sizes replace the defaults only: what the command line gives wins
+        parser.set_defaults(**TEST_MODE)
+        args = parser.parse_args(argv)
     return validate_args(args)
 
 
-def init_distributed(device) -> int:
-    """deepspeed.init_distributed for this process (gloo on CPU, NCCL on GPU); returns the world size."""
+_OWN_GROUP = False  # True once init_distributed made a one-process group itself (plain `python`)
+
+
+def init_distributed(device, timeout_minutes: float = 10.0) -> int:
+    """deepspeed.init_distributed for this process (gloo on CPU, NCCL on GPU); returns the world size. A collective
+    that waits longer than `timeout_minutes` (a rank died or hangs) raises instead of hanging the job."""
     import deepspeed
 
+    global _OWN_GROUP
     if "RANK" not in os.environ:  # plain `python`: a one-process group on a free local port
+        _OWN_GROUP = True
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -167,21 +268,23 @@ def init_distributed(device) -> int:
             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
         )
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device.type == "cpu" and world == 1:
-        # The shared-memory allreduce kernel only helps several processes on one host; skip its JIT build (minutes).
+    if device.type == "cpu":
+        # gloo does the collectives; DeepSpeed's shared-memory kernel would first be compiled (about a minute)
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False,
+                               timeout=datetime.timedelta(minutes=timeout_minutes))  # fmt: skip
     return world
 
 
 def get_train_ds_config(args, world_size: int = 1) -> dict:
-    """The DeepSpeed config: ZeRO stage, offload, dtype, batch sizes, gradient clipping."""
+    """The DeepSpeed config: ZeRO stage, offload, dtype, batch sizes, gradient clipping, TensorBoard; a
+    --deepspeed_config file is merged over it (its top-level keys win, `zero_optimization` key by key)."""
     zero = {"stage": args.zero_stage}
     if args.offload:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
         if args.zero_stage == 3:
-            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    return {
+            zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    config = {
         "train_micro_batch_size_per_gpu": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "train_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
@@ -193,6 +296,30 @@ def get_train_ds_config(args, world_size: int = 1) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if getattr(args, "enable_tensorboard", False):  # DeepSpeed-Chat's section: loss, lr per step
+        config["tensorboard"] = {"enabled": True, "output_path": f"{args.tensorboard_path}/ds_tensorboard_logs/",
+                                 "job_name": "step1_model_tensorboard"}  # fmt: skip
+    extra = user_ds_config(args)
+    config["zero_optimization"].update(extra.pop("zero_optimization", {}))
+    config.update(extra)
+    return config
+
+
+def user_ds_config(args) -> dict:
+    """The JSON object in --deepspeed_config (or the deprecated --deepscale_config), {} if none; ValueError if bad."""
+    path = getattr(args, "deepspeed_config", None) or getattr(args, "deepscale_config", None)
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except OSError as exc:
+        raise ValueError(f"--deepspeed_config {path}: cannot read it ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--deepspeed_config {path}:{exc.lineno}: not JSON ({exc.msg})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--deepspeed_config {path}: expected a JSON object, got {type(config).__name__}")
+    return config
 
 
 def optimizer_groups(model, weight_decay: float, lora_lr: float) -> list[dict]:
@@ -223,27 +350,74 @@ class SFTResult:
     num_eval: int = 0
     trainable_params: int = 0
     output_dir: str | None = None
+    world_size: int = 1
+    rank_memory: list = field(default_factory=list)  # per rank: bytes held (zero_memory.MEASURED), most at once
 
     @property
     def tokens_per_second(self) -> float:
         return self.real_tokens / max(self.train_seconds, 1e-9)
 
 
+DROPOUT_KEYS = ("dropout", "attention_dropout", "hidden_dropout", "activation_dropout")
+
+
+def configure_dropout(config, dropout: float | None) -> list[str]:
+    """Set each dropout rate the config has (DROPOUT_KEYS) to `dropout`, as DeepSpeed-Chat does; returns the keys set."""
+    if dropout is None:
+        return []
+    keys = [k for k in DROPOUT_KEYS if hasattr(config, k)]
+    for key in keys:
+        setattr(config, key, dropout)
+    return keys
+
+
 def _load(args, model, tokenizer):
     """(model, tokenizer): the given ones, the tiny test pair, or the checkpoint named by --model_name_or_path."""
     if args.test_mode and model is None:
         tokenizer = tokenizer or tiny_tokenizer()
-        model = tiny_causal_lm("llama", seed=args.seed, vocab_size=len(tokenizer))
+        overrides = dict.fromkeys(configure_dropout(LlamaConfig(), args.dropout), args.dropout)
+        model = tiny_causal_lm("llama", seed=args.seed, vocab_size=len(tokenizer), **overrides)
     if tokenizer is None:
         eot = args.end_of_conversation_token if args.add_eot_token and args.prompt_format == "raw" else None
         tokenizer = load_hf_tokenizer(args.model_name_or_path, add_special_tokens=eot)
     if model is None:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-        model = quiet_from_pretrained(AutoModelForCausalLM, resolve(args.model_name_or_path), dtype=dtype)
+        path = resolve(args.model_name_or_path)
+        config = AutoConfig.from_pretrained(path)
+        configure_dropout(config, args.dropout)  # before the layers are built: they copy the rates
+        model = quiet_from_pretrained(AutoModelForCausalLM, path, config=config, dtype=dtype)
+    elif args.dropout is not None and not args.test_mode:
+        raise ValueError("--dropout applies when the model is loaded; this model was passed in already built")
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # a marker added as a new token
         model.resize_token_embeddings(int(8 * math.ceil(len(tokenizer) / 8.0)))
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def fp32_causal_lm_loss(logits, labels) -> torch.Tensor:
+    """Next-token cross-entropy over the labelled (non -100) tokens, computed from logits cast to fp32."""
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:].to(logits.device)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                             ignore_index=IGNORE_INDEX)  # fmt: skip
+
+
+def _mean_over_ranks(value: float, world: int, device) -> float:
+    """The mean of `value` over all ranks (the loss a run logs is the global batch's, as on one rank)."""
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return float(t) / world
+
+
+def _gather(obj, world: int) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank."""
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
@@ -254,8 +428,8 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
     if device.type == "cuda" and args.local_rank >= 0:
         torch.cuda.set_device(args.local_rank)
         device = torch.device("cuda", args.local_rank)
-    if device.type != "cuda" and (args.offload or args.dtype == "fp16"):
-        raise ValueError(f"--offload and --dtype fp16 need a GPU; this run is on {device.type}")
+    # under torchrun or deepspeed (not a group this module made): DistributedSampler, as upstream with a local_rank
+    launched = "RANK" in os.environ and not _OWN_GROUP
     set_seed(args.seed)
     model, tokenizer = _load(args, model, tokenizer)
     marker = tokenizer.eos_token if args.prompt_format == "chat" else args.end_of_conversation_token
@@ -269,7 +443,8 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
         if args.only_optimize_lora:
             only_optimize_lora_parameters(model)
     tell_deepspeed(device)
-    world = init_distributed(device)
+    world = init_distributed(device, timeout_minutes=getattr(args, "dist_timeout", 10.0))
+    rank = int(os.environ.get("RANK", "0"))
     data_out = args.data_output_path or str(build_dir() / "data_files")
     train_set, eval_set = create_prompt_dataset(
         args.local_rank, args.data_path, args.data_split, data_out, 1, args.seed, tokenizer, args.max_seq_len,
@@ -284,16 +459,15 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
     if args.test_mode:
         eval_set.tensors = {k: v[:16] for k, v in eval_set.tensors.items()}
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()  # transformers' new name for gradient_checkpointing_enable
         model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph (the seed forbade this)
     model.to(device)
     if args.group_by_length:
         lengths = train_set.tensors["attention_mask"].sum(dim=1).tolist()
-        rank = int(os.environ.get("RANK", "0"))
         sampler = LengthGroupedBatches(lengths, args.per_device_train_batch_size, args.seed, rank, world)
         loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=default_data_collator)
-    else:  # DeepSpeed-Chat's sampling
-        sampler = DistributedSampler(train_set, seed=args.seed) if world > 1 else RandomSampler(
+    else:  # DeepSpeed-Chat's sampling: the same global batches for any number of ranks under a launcher
+        sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if launched else RandomSampler(
             train_set, generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
         loader = DataLoader(train_set, args.per_device_train_batch_size, sampler=sampler,
                             collate_fn=default_data_collator)  # fmt: skip
@@ -304,21 +478,28 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
         raise ValueError(f"{len(loader)} micro-batches per epoch < --gradient_accumulation_steps "
                          f"{args.gradient_accumulation_steps}: no optimizer step would run")  # fmt: skip
     groups = optimizer_groups(model, args.weight_decay, args.lora_learning_rate)
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
+    if args.offload:  # ZeRO-Offload steps the optimizer on the CPU with DeepSpeed's vectorised Adam, as upstream
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        optimizer = DeepSpeedCPUAdam(groups, lr=args.learning_rate, betas=(0.9, 0.95))
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, steps)
     trainable = count_parameters(model)  # before ZeRO-3 partitions them
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=get_train_ds_config(args, world)
     )
     result = SFTResult(engine.module, tokenizer, args, num_train=len(train_set), num_eval=len(eval_set),
-                       trainable_params=trainable)  # fmt: skip
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+                       trainable_params=trainable, world_size=world)  # fmt: skip
+    rank0 = rank == 0
     say = log if rank0 else (lambda *a, **k: None)
     say(f"train {len(train_set)} records ({train_set.num_dropped} longer than {args.max_seq_len} dropped), "
-        f"eval {len(eval_set)}; {steps} optimizer steps; trainable params {result.trainable_params:,}")  # fmt: skip
+        f"eval {len(eval_set)}; {steps} optimizer steps on {world} rank(s); "
+        f"trainable params {result.trainable_params:,}")  # fmt: skip
     result.perplexity.append((0, perplexity(engine, eval_set, args.per_device_eval_batch_size)))
     say(f"epoch 0/{args.num_train_epochs}: held-out perplexity {result.perplexity[-1][1]:.2f}")
     micro_losses, done = [], False
+    held = dict.fromkeys(MEASURED, 0)  # the most this rank held at once, over the run
     for epoch in range(1, args.num_train_epochs + 1):
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
@@ -328,17 +509,27 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
             if args.padding == "longest":  # max_length keeps DeepSpeed-Chat's padding columns: same loss
                 batch = trim_padding(batch)
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = engine(**batch, use_cache=False).loss
+            if args.compute_fp32_loss:
+                labels = batch.pop("labels")
+                loss = fp32_causal_lm_loss(engine(**batch, use_cache=False).logits, labels)
+            else:
+                loss = engine(**batch, use_cache=False).loss
             engine.backward(loss)
+            held["gradients"] = max(held["gradients"], held_bytes(gradient_tensors(engine)))
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
+            for key, value in model_state_bytes(engine).items():
+                held[key] = max(held[key], value)
             micro_losses.append(loss.item())
             result.real_tokens += int(batch["attention_mask"].sum()) * world
             result.padded_tokens += batch["input_ids"].numel() * world
             if boundary:
-                result.history.append(dict(step=len(result.history) + 1, epoch=epoch,
-                                           loss=sum(micro_losses) / len(micro_losses), lr=scheduler.get_last_lr()))  # fmt: skip
+                mean = _mean_over_ranks(sum(micro_losses) / len(micro_losses), world, device)
+                result.history.append(dict(step=len(result.history) + 1, epoch=epoch, loss=mean,
+                                           lr=scheduler.get_last_lr()))  # fmt: skip
                 micro_losses = []
+                if args.enable_tensorboard and rank0:  # DeepSpeed's monitor logs the lr itself, not the loss
+                    engine.monitor.write_events([("Train/Samples/train_loss", mean, engine.global_samples)])
                 if args.print_loss:
                     say(f"step {len(result.history)}/{steps}: loss {result.history[-1]['loss']:.4f}")
                 if len(result.history) >= steps:
@@ -351,11 +542,22 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
             break
     say(f"trained {len(result.history)} steps in {result.train_seconds:.1f} s, "
         f"{result.tokens_per_second:.0f} tokens/s (non-padding)")  # fmt: skip
+    result.rank_memory = _gather(held, world)
+    if world > 1 or args.print_loss:
+        say(f"model states held per rank (ZeRO stage {args.zero_stage}, most at once over the run):\n"
+            + rank_memory_table(result.rank_memory))  # fmt: skip
     engine.eval()
     if args.output_dir:
         convert_lora_to_linear_layer(engine.module)  # fuse W0 += s B A, as DeepSpeed-Chat does before saving
+        # every rank takes part (ZeRO-3 gathers the partitions); rank 0 writes
+        memory = dict(zero_stage=args.zero_stage, world_size=world, dtype=args.dtype, unit="bytes",
+                      ranks=result.rank_memory)  # fmt: skip
+        history = dict(history=result.history, perplexity=result.perplexity, world_size=world)
+        extra = {"zero_memory.json": json.dumps(memory, indent=1) + "\n",
+                 "history.json": json.dumps(history, indent=1) + "\n"}  # fmt: skip
+        saved = save_hf_format(engine, tokenizer, args, write=rank0, extra_files=extra)
         if rank0:
-            result.output_dir = str(save_hf_format(engine, tokenizer, args))
+            result.output_dir = str(saved)
             say(f"saved a Hugging Face checkpoint to {args.output_dir}")
     return result
 

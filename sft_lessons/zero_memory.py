@@ -99,3 +99,68 @@ def zero_memory_table(configs: dict[str, dict], gpus=(1, 8)) -> list[dict]:
                 row["DeepSpeed host (1 GPU)"] = est[1] / GiB if offload else nan
                 rows.append(row)
     return rows
+
+
+# ---- measured: what one rank of a running DeepSpeed engine holds ----
+
+
+def held_bytes(tensors) -> int:
+    """Bytes of memory the tensors occupy together: overlapping views of one buffer are counted once."""
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
+                   for t in tensors if t is not None and t.numel() > 0)  # fmt: skip
+    total, end = 0, 0
+    for start, stop in spans:
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+def _inner_optimizer(engine):
+    """The torch optimizer doing the update (ZeRO wraps it: engine.optimizer.optimizer)."""
+    opt = engine.optimizer
+    return getattr(opt, "optimizer", opt)
+
+
+def gradient_tensors(engine) -> list:
+    """The gradient buffers this rank holds now: whole .grad tensors, or ZeRO's partitions of them."""
+    opt, inner = engine.optimizer, _inner_optimizer(engine)
+    found = [p.grad for p in engine.module.parameters()]
+    for value in (getattr(opt, "averaged_gradients", None) or {}).values():
+        found += value if isinstance(value, (list, tuple)) else [value]
+    found.append(getattr(opt, "grad_partitions_flat_buffer", None))  # ZeRO-3
+    found += [p.grad for g in inner.param_groups for p in g["params"]]
+    return [t for t in found if torch.is_tensor(t)]
+
+
+def model_state_bytes(engine) -> dict[str, int]:
+    """Bytes this rank holds now: parameters (ZeRO-3: its partition, plus the small parameters DeepSpeed keeps whole
+    on every rank), Adam's two moments, and fp32 master weights where they are a copy apart from the parameters."""
+    module_params = list(engine.module.parameters())
+    params = []
+    for p in module_params:
+        if hasattr(p, "ds_tensor"):  # ZeRO-3
+            params += [p.ds_tensor, p.data if getattr(p, "ds_persist", False) else None]
+        else:
+            params.append(p.data)
+    opt, inner = engine.optimizer, _inner_optimizer(engine)
+    own = {p.data_ptr() for p in module_params}
+    moments = [v for s in inner.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
+    masters = [*getattr(opt, "single_partition_of_fp32_groups", []), *getattr(opt, "fp32_partitioned_groups_flat", []),
+               *(p for g in inner.param_groups for p in g["params"])]  # fmt: skip
+    masters = [t for t in masters if torch.is_tensor(t) and t.data_ptr() not in own]
+    return {"parameters": held_bytes(params), "adam_moments": held_bytes(moments),
+            "master_weights": held_bytes(masters)}  # fmt: skip
+
+
+MEASURED = ("parameters", "gradients", "adam_moments", "master_weights")
+
+
+def rank_memory_table(per_rank: list[dict]) -> str:
+    """Text table of measured bytes per rank (rows: ranks; columns: MEASURED and their total), in KiB."""
+    head = f"{'rank':>4}" + "".join(f"{k:>16}" for k in (*MEASURED, "total")) + "   (KiB)"
+    rows = [head]
+    for rank, row in enumerate(per_rank):
+        values = [row[k] for k in MEASURED]
+        rows.append(f"{rank:>4}" + "".join(f"{v / 1024:>16,.1f}" for v in (*values, sum(values))))
+    return "\n".join(rows)

@@ -72,11 +72,20 @@ def test_parse_data_split_shares():
 def test_split_indices_partition_is_seeded():
     parts = [split_indices(101, "2,4,4", phase, seed=7) for phase in (1, 2, 3)]
     assert sorted(sum(parts, [])) == list(range(101))  # disjoint and complete
-    assert [len(p) for p in parts] == [20, 41, 40]
+    assert [len(p) for p in parts] == [21, 40, 40]  # DeepSpeed-Chat's rounding: 20 + 40 + 40, the missing one first
     assert parts[0] == split_indices(101, "2,4,4", 1, seed=7)
     assert parts[0] != split_indices(101, "2,4,4", 1, seed=8)
     with pytest.raises(ValueError, match="train_phase"):
         split_indices(10, "2,4,4", 4, seed=0)
+
+
+@pytest.mark.parametrize(
+    "size, split, sizes",  # by hand from get_raw_dataset_split_index in DeepSpeed-Chat's data_utils.py
+    [(10, "1,1,1", [4, 3, 3]), (1000, "2,4,4", [200, 400, 400]), (7, "1,1,1", [3, 2, 2]), (3, "0,1,1", [0, 1, 2])],
+)
+def test_split_sizes_round_as_upstream(size, split, sizes):
+    # (3, "0,1,1"): upstream's boundaries become [0, -1, 1, 3]; ours are clamped to [0, 0, 1, 3]
+    assert [len(split_indices(size, split, phase, seed=0)) for phase in (1, 2, 3)] == sizes
 
 
 # ---- phase 1 labels, token by token ----

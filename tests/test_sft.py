@@ -1,3 +1,5 @@
+import json
+import math
 import os
 import resource
 import subprocess
@@ -108,9 +110,8 @@ def test_empty_or_all_too_long_data_stops_with_the_reason(tmp_path, capsys):
     argv = ["--test_mode", "--data_path", str(empty), "--data_output_path", str(tmp_path / "cache")]
     assert sft.main(argv) == 2
     assert "no training records: --data_path" in capsys.readouterr().err
-    long_only = ["--test_mode", "--data_output_path", str(tmp_path / "cache2")]
-    args = sft.parse_args(long_only)
-    args.max_seq_len = 8  # shorter than every bundled record (test mode sets its own length, so set it here)
+    long_only = ["--test_mode", "--data_output_path", str(tmp_path / "cache2"), "--max_seq_len", "8"]
+    args = sft.parse_args(long_only)  # 8 tokens: shorter than every bundled record
     with pytest.raises(ValueError, match=r"no training records: all \d+ records of the phase-1 share are longer"):
         sft.train_sft(args, log=lambda *a: None)
 
@@ -177,3 +178,207 @@ def test_max_length_padding_keeps_every_column(tmp_path, monkeypatch):
     # every batch keeps all max_seq_len columns: never trimmed
     assert result.padded_tokens == steps * args.per_device_train_batch_size * args.max_seq_len
     assert 0 < result.real_tokens < result.padded_tokens
+
+
+# ---- several ranks (torchrun, gloo on CPU), DeepSpeed-Chat's remaining options ----
+
+
+def _torchrun(nproc: int, argv: list[str], tmp_path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "sft_lessons.sft", *argv]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SFT_LESSONS_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)  # this test process may hold a one-process group of its own
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.mark.slow
+def test_two_ranks_train_the_one_rank_model_and_partition_per_stage(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage3_param_persistence_threshold": 0}}')
+    common = ["--test_mode", "--data_output_path", str(tmp_path / "data"), "--max_steps", "4",
+              "--gradient_accumulation_steps", "2", "--deepspeed_config", str(tmp_path / "ds.json")]  # fmt: skip
+    start = time.perf_counter()
+    # one rank, micro-batch 4 x 2 accumulation = the global batch of two ranks with micro-batch 2 x 2 accumulation
+    _torchrun(1, [*common, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "one")], tmp_path)
+    runs = {}
+    for stage in (0, 1, 2, 3):
+        out = tmp_path / f"two{stage}"
+        run = _torchrun(2, [*common, "--per_device_train_batch_size", "2", "--zero_stage", str(stage),
+                            "--output_dir", str(out)], tmp_path)  # fmt: skip
+        assert run.stdout.count("saved a Hugging Face checkpoint") == 1  # rank 0 alone logs and saves
+        assert run.stdout.count("train 270 records") == 1
+        runs[stage] = {name: json.loads((out / f"{name}.json").read_text()) for name in ("history", "zero_memory")}
+    seconds = time.perf_counter() - start
+    one = json.loads((tmp_path / "one" / "history.json").read_text())
+    ref = [h["loss"] for h in one["history"]]
+    for stage, run in runs.items():
+        assert run["history"]["world_size"] == 2 and len(run["history"]["history"]) == 4
+        losses = [h["loss"] for h in run["history"]["history"]]
+        # the same 8 records per step; the mean of per-micro-batch token means weights tokens a little differently
+        # (measured: at most 0.0012 apart)
+        assert losses == pytest.approx(ref, abs=5e-3), stage
+        assert losses == pytest.approx([h["loss"] for h in runs[0]["history"]["history"]], abs=1e-5)
+    memory = {stage: run["zero_memory"]["ranks"] for stage, run in runs.items()}
+    assert all(len(ranks) == 2 and ranks[0] == ranks[1] for ranks in memory.values())
+    full = memory[0][0]  # ZeRO-0: every rank holds everything (fp32: the parameters are Adam's master copy)
+    assert full["gradients"] == full["parameters"] and full["adam_moments"] == 2 * full["parameters"]
+    assert full["master_weights"] == 0
+    half = full["parameters"] // 2
+    expected = {1: dict(parameters=full["parameters"], gradients=full["gradients"], adam_moments=2 * half,
+                        master_weights=half),
+                2: dict(parameters=full["parameters"], gradients=half, adam_moments=2 * half, master_weights=half),
+                3: dict(parameters=half, gradients=half, adam_moments=2 * half, master_weights=half)}  # fmt: skip
+    for stage, want in expected.items():
+        assert memory[stage][0] == want, (stage, memory[stage][0])
+    # the ZeRO-3 checkpoint saved from two ranks loads, and computes what the one-rank model computes
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    with torch.no_grad():
+        logits = {name: AutoModelForCausalLM.from_pretrained(tmp_path / name)(ids).logits
+                  for name in ("one", "two3")}  # fmt: skip
+    torch.testing.assert_close(logits["two3"], logits["one"], atol=2e-3, rtol=0)
+    assert seconds < 120 or os.getloadavg()[0] > 2 * (os.cpu_count() or 1), f"{seconds:.0f} s"
+
+
+def _quick(tmp_path, *extra) -> "sft.SFTResult":
+    argv = ["--test_mode", "--max_steps", "2", "--data_output_path", str(tmp_path / "data"), *extra]
+    return sft.train_sft(sft.parse_args(argv), log=lambda *a: None)
+
+
+@pytest.mark.slow
+def test_offload_steps_with_deepspeed_cpu_adam(tmp_path, monkeypatch):
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    monkeypatch.setenv("SFT_LESSONS_DEVICE", "cpu")
+    made = []
+    init = DeepSpeedCPUAdam.__init__
+    monkeypatch.setattr(DeepSpeedCPUAdam, "__init__", lambda self, *a, **k: made.append(1) or init(self, *a, **k))
+    plain = _quick(tmp_path, "--zero_stage", "2")
+    offload = _quick(tmp_path, "--zero_stage", "2", "--offload")  # first use compiles DeepSpeed's cpu_adam (~1 min)
+    assert made == [1]  # DeepSpeed-Chat's optimizer under ZeRO-Offload; torch's AdamW is rejected there
+    # the same Adam update (decoupled weight decay, betas 0.9/0.95): the same losses
+    assert [h["loss"] for h in offload.history] == pytest.approx([h["loss"] for h in plain.history], abs=1e-5)
+    assert offload.perplexity[-1][1] == pytest.approx(plain.perplexity[-1][1], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_bf16_gradient_checkpointing_and_fp32_loss_run_on_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFT_LESSONS_DEVICE", "cpu")
+    base = _quick(tmp_path)
+    checkpointed = _quick(tmp_path, "--gradient_checkpointing")  # recomputes activations: the same numbers
+    assert [h["loss"] for h in checkpointed.history] == pytest.approx([h["loss"] for h in base.history], abs=1e-6)
+    fp32_loss = _quick(tmp_path, "--compute_fp32_loss")  # fp32 model: the same loss computed by our own function
+    assert [h["loss"] for h in fp32_loss.history] == pytest.approx([h["loss"] for h in base.history], abs=1e-6)
+    bf16 = _quick(tmp_path, "--dtype", "bf16", "--zero_stage", "2", "--compute_fp32_loss")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert all(math.isfinite(h["loss"]) for h in bf16.history)
+    assert [h["loss"] for h in bf16.history] == pytest.approx([h["loss"] for h in base.history], abs=0.05)
+
+
+def test_fp32_loss_matches_transformers_loss():
+    model = tiny_causal_lm("llama")
+    ids = torch.randint(3, 300, (2, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100  # the prompt
+    out = model(input_ids=ids, labels=labels)
+    torch.testing.assert_close(sft.fp32_causal_lm_loss(out.logits, labels), out.loss)
+    low = sft.fp32_causal_lm_loss(out.logits.bfloat16(), labels)
+    assert low.dtype == torch.float32
+
+
+def test_dropout_sets_the_rates_the_config_has():
+    from transformers import LlamaConfig, OPTConfig
+
+    assert sft.configure_dropout(LlamaConfig(), None) == []
+    llama = LlamaConfig()
+    assert sft.configure_dropout(llama, 0.1) == ["attention_dropout"] and llama.attention_dropout == 0.1
+    opt = OPTConfig()
+    assert sft.configure_dropout(opt, 0.2) == ["dropout", "attention_dropout"]  # OPTConfig has no activation_dropout
+    assert sft.main(["--dropout", "1.5"]) == 2
+
+
+@pytest.mark.slow
+def test_dropout_and_tensorboard_in_a_run(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("SFT_LESSONS_DEVICE", "cpu")
+    board = tmp_path / "board"
+    result = _quick(tmp_path, "--dropout", "0.25", "--enable_tensorboard", "--tensorboard_path", str(board))
+    assert result.model.config.attention_dropout == 0.25
+    events = list(board.glob("ds_tensorboard_logs/step1_model_tensorboard/events.out.tfevents.*"))
+    assert len(events) == 1
+    tags = EventAccumulator(str(events[0])).Reload().Tags()["scalars"]
+    assert {"Train/Samples/train_loss", "Train/Samples/lr"} <= set(tags), tags
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max_seq_len", "0"], "--max_seq_len must be >= 8, got 0"),
+        (["--test_mode", "--max_seq_len", "0"], "--max_seq_len must be >= 8, got 0"),  # test mode no longer hides it
+        (["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size must be >= 1"),
+        (["--learning_rate", "0"], "--learning_rate must be a positive number"),
+        (["--lora_learning_rate=-1e-3"], "--lora_learning_rate must be a positive number"),
+        (["--max_steps", "0"], "--max_steps must be >= 1, or -1"),
+        (["--dtype", "fp16"], "--dtype fp16 needs a GPU"),
+        (["--dist_timeout", "0"], "--dist_timeout must be a positive number"),
+    ],
+)
+def test_bad_values_stop_before_any_work(argv, message, capsys, monkeypatch):
+    monkeypatch.setenv("SFT_LESSONS_DEVICE", "cpu")
+    assert sft.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_paths_and_settings_are_checked_first(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    bad_json = tmp_path / "ds.json"
+    bad_json.write_text("[1,")
+    cases = [
+        (["--output_dir", str(a_file)], f"--output_dir {a_file}: {a_file} is a file"),
+        (["--output_dir", str(a_file / "sub")], "is a file, not a folder"),
+        (["--output_dir", str(tmp_path / "other")], "does not hold an earlier run of this command"),
+        (["--data_output_path", str(a_file)], f"--data_output_path {a_file}"),
+        (["--deepspeed_config", str(bad_json)], f"--deepspeed_config {bad_json}:1: not JSON"),
+        (["--deepspeed_config", str(tmp_path / "none.json")], "cannot read it"),
+    ]
+    for argv, message in cases:
+        assert sft.main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
+    assert sft.parse_args(["--output_dir", str(tmp_path / "other"), "--overwrite_output_dir"])
+    monkeypatch.setenv("SFT_LESSONS_DEVICE", "tpu")
+    assert sft.main([]) == 2
+    assert "SFT_LESSONS_DEVICE='tpu'; valid: cpu, cuda, mps" in capsys.readouterr().err
+    monkeypatch.setenv("SFT_LESSONS_DEVICE", "cpu")
+    monkeypatch.setenv("SFT_LESSONS_CACHE", str(a_file / "cache"))
+    assert sft.main([]) == 2
+    assert f"SFT_LESSONS_CACHE={str(a_file / 'cache')!r}: {a_file} is a file" in capsys.readouterr().err
+
+
+def test_user_deepspeed_config_is_merged(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text('{"zero_optimization": {"stage3_param_persistence_threshold": 0}, "gradient_clipping": 0.5}')
+    args = sft.parse_args(["--zero_stage", "3", "--deepspeed_config", str(path)])
+    config = sft.get_train_ds_config(args)
+    assert config["zero_optimization"] == {"stage": 3, "stage3_param_persistence_threshold": 0}
+    assert config["gradient_clipping"] == 0.5
+    board = sft.get_train_ds_config(sft.parse_args(["--enable_tensorboard", "--tensorboard_path", "tb"]))
+    assert board["tensorboard"] == {"enabled": True, "output_path": "tb/ds_tensorboard_logs/",
+                                    "job_name": "step1_model_tensorboard"}  # fmt: skip
+
+
+def test_upstream_option_names_exist():
+    names = {a.dest for a in sft.build_parser()._actions}
+    upstream = {"dropout", "compute_fp32_loss", "enable_tensorboard", "tensorboard_path", "add_eot_token",
+                "print_loss", "local_rank", "deepspeed", "deepspeed_config", "sft_only_data_path",
+                "per_device_eval_batch_size", "weight_decay"}  # fmt: skip
+    assert upstream <= names
+    assert sft.parse_args(["--eot_token", "<|im_end|>"]).end_of_conversation_token == "<|im_end|>"

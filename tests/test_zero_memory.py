@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 from sft_lessons import zero_memory
 from sft_lessons.memory import GiB
@@ -44,3 +45,19 @@ def test_zero_memory_table_puts_the_formula_beside_deepspeeds_estimators():
     for n in ("1 GPU", "8 GPU"):  # more partitioning never needs more GPU memory
         stages = [by[s, False][f"paper ({n})"] for s in (0, 1, 2, 3)]
         assert stages == sorted(stages, reverse=True)
+
+
+def test_held_bytes_counts_shared_memory_once():
+    flat = torch.zeros(100)
+    a, b = flat[:60], flat[40:]  # overlapping views of one buffer
+    assert zero_memory.held_bytes([a, b]) == 400
+    assert zero_memory.held_bytes([flat, a, None, torch.zeros(0)]) == 400
+    assert zero_memory.held_bytes([torch.zeros(10, dtype=torch.bfloat16), torch.zeros(5)]) == 20 + 20
+
+
+def test_rank_memory_table_lists_each_rank():
+    row = dict(parameters=1024, gradients=512, adam_moments=2048, master_weights=0)
+    table = zero_memory.rank_memory_table([row, row])
+    lines = table.splitlines()
+    assert len(lines) == 3 and lines[0].split()[:5] == ["rank", *zero_memory.MEASURED]
+    assert lines[1].split() == ["0", "1.0", "0.5", "2.0", "0.0", "3.5"]
