@@ -271,8 +271,12 @@ def init_distributed(device, timeout_minutes: float = 10.0) -> int:
     if device.type == "cpu":
         # gloo does the collectives; DeepSpeed's shared-memory kernel would first be compiled (about a minute)
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    timeout = datetime.timedelta(minutes=timeout_minutes)
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False,
-                               timeout=datetime.timedelta(minutes=timeout_minutes))  # fmt: skip
+                               timeout=timeout)  # fmt: skip
+    # DeepSpeed makes its data-parallel groups with torch's default timeout (30 min for gloo): give them ours
+    backend = deepspeed.comm.comm.cdb
+    backend.new_group = lambda ranks: torch.distributed.new_group(ranks, timeout=timeout)
     return world
 
 
@@ -573,6 +577,14 @@ def main(argv=None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # gloo and NCCL report a collective past --dist_timeout as a RuntimeError
+        if "timed out" not in str(exc).lower() and "timeout" not in str(exc).lower():
+            raise
+        rank = os.environ.get("RANK", "0")
+        print(f"{parser.prog}: error: rank {rank} waited longer than --dist_timeout {args.dist_timeout:g} min "
+              f"for the other ranks (one died or hangs; see its own message): {str(exc).splitlines()[0]}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

@@ -382,3 +382,38 @@ def test_upstream_option_names_exist():
                 "per_device_eval_batch_size", "weight_decay"}  # fmt: skip
     assert upstream <= names
     assert sft.parse_args(["--eot_token", "<|im_end|>"]).end_of_conversation_token == "<|im_end|>"
+
+
+RANK_FAULT = """
+import os, sys, time
+import deepspeed.runtime.engine as engine
+from sft_lessons import sft
+if os.environ["RANK"] == "1":
+    def fault(self, *args, **kwargs):
+        if sys.argv[1] == "die":
+            raise RuntimeError("rank 1 lost its data")
+        time.sleep(600)  # hang
+    engine.DeepSpeedEngine.backward = fault
+sys.exit(sft.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["die", "hang"])
+def test_a_failing_rank_ends_the_job(fault, tmp_path):
+    script = tmp_path / "fault.py"
+    script.write_text(RANK_FAULT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), fault,
+           "--test_mode", "--data_output_path", str(tmp_path / "data"), "--dist_timeout", "0.2"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SFT_LESSONS_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    start = time.perf_counter()
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    seconds = time.perf_counter() - start
+    assert run.returncode != 0
+    if fault == "die":  # torchrun stops the other rank and names the failed one
+        assert "rank 1 lost its data" in run.stderr and "rank      : 1" in run.stderr
+    else:  # rank 0 gives up after --dist_timeout (12 s) with one line, instead of waiting forever
+        assert "error: rank 0 waited longer than --dist_timeout 0.2 min" in run.stderr
+    assert seconds < 120, f"{seconds:.0f} s"
