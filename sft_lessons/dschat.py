@@ -460,10 +460,12 @@ def _full_state_dict(model) -> dict:
         return {k: copies[v.data_ptr()] for k, v in model.state_dict().items()}
 
 
-def save_hf_format(model, tokenizer, args, sub_folder: str = "", write: bool = True, extra_files=None) -> Path:
+def save_hf_format(model, tokenizer, args, sub_folder: str = "", write: bool = True, extra_files=None,
+                   keep=()) -> Path:
     """Write config, generation config, model.safetensors, the whole tokenizer and `extra_files` ({name: text}) to
-    args.output_dir/sub_folder, atomically: into a temporary folder beside it, then renamed. Under ZeRO-3 every rank
-    must call it (the parameters are gathered); only the ranks with write=True write."""
+    args.output_dir/sub_folder, atomically: into a temporary folder beside it, then renamed (entries of the old folder
+    named in `keep` are carried over). Under ZeRO-3 every rank must call it (the parameters are gathered); only the
+    ranks with write=True write."""
     model_to_save = model.module if hasattr(model, "module") else model  # unwrap a DeepSpeed engine
     unfused = [name for name, layer in lora_layers(model_to_save).items() if not layer.fuse_lora]
     if unfused:  # the seed silently dropped the adapters here; fusing first keeps what was learned
@@ -479,22 +481,47 @@ def save_hf_format(model, tokenizer, args, sub_folder: str = "", write: bool = T
         return output_dir
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.saving-", dir=output_dir.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the saved model is an ordinary folder
     model_to_save.save_pretrained(tmp, state_dict=state)  # safetensors + config + generation_config
     tokenizer.save_pretrained(tmp)  # tokenizer.json, its config, special tokens, chat template
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text, encoding="utf-8")
     try:
-        replace_dir(tmp, output_dir)
+        replace_dir(tmp, output_dir, keep)
     except OSError as exc:
         raise OSError(f"could not move the saved model to {output_dir} ({exc.strerror or exc}); "
                       f"it is complete in {tmp}") from exc  # fmt: skip
     return output_dir
 
 
-def replace_dir(src: Path, dst: Path) -> None:
-    """Put folder `src` at `dst`, replacing a folder there: the old one is moved aside first and removed last."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder, then rename: whole or absent."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a plain open() would not
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def replace_dir(src: Path, dst: Path, keep=()) -> None:
+    """Put folder `src` at `dst`, replacing a folder there: the old one is moved aside first and removed last;
+    entries of the old folder named in `keep` (and absent from `src`) move into the new one."""
     old = None
     if dst.is_dir():
+        for name in keep:
+            if (dst / name).exists() and not (src / name).exists():
+                os.replace(dst / name, src / name)
         old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
         os.replace(dst, old / dst.name)
     try:

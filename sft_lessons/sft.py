@@ -11,15 +11,19 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
+import itertools
 import json
 import math
 import os
+import random
+import shutil
 import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
@@ -30,6 +34,7 @@ from .device import get_device, progress, quiet, set_seed, tell_deepspeed
 from .dschat import (
     END_OF_CONVERSATION_TOKEN,
     PROMPT_FORMATS,
+    atomic_write_text,
     create_prompt_dataset,
     end_of_conversation_ids,
     load_hf_tokenizer,
@@ -90,6 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
         "must hold an earlier run of this command, else --overwrite_output_dir",
     )
     a("--overwrite_output_dir", action="store_true", help="let --output_dir replace a folder with other content")
+    a(
+        "--save_steps",
+        type=int,
+        default=0,
+        help="every N optimizer steps (and at the last) write a DeepSpeed checkpoint (weights, optimizer, scheduler, "
+        "data position, RNG) to <output_dir>/checkpoints; 0: none",
+    )
+    a(
+        "--resume_from_checkpoint",
+        nargs="?",
+        const="latest",
+        default=None,
+        help="continue a run from a checkpoint: 'latest' (the default value) in <output_dir>/checkpoints, a "
+        "checkpoints folder, or one step folder; the other options must be those of the interrupted run",
+    )
     a("--seed", type=int, default=1234)
     a("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
     a("--gradient_checkpointing", action="store_true")
@@ -231,12 +251,19 @@ def validate_args(args) -> argparse.Namespace:
     user_ds_config(args)  # --deepspeed_config: readable JSON object
     if args.data_output_path:
         _writable_dir("--data_output_path", args.data_output_path)
+    if args.save_steps < 0:
+        raise ValueError(f"--save_steps must be >= 0 (0: no checkpoints), got {args.save_steps}")
+    if (args.save_steps or args.resume_from_checkpoint == "latest") and not args.output_dir:
+        raise ValueError("--save_steps and --resume_from_checkpoint latest need --output_dir (checkpoints go there)")
     if args.output_dir:
         out = _writable_dir("--output_dir", args.output_dir)
         previous = out.is_dir() and any(out.iterdir())
-        if previous and not args.overwrite_output_dir and not (out / "history.json").is_file():
+        ours = (out / "history.json").is_file() or (out / CHECKPOINTS).is_dir()
+        if previous and not args.overwrite_output_dir and not ours:
             raise ValueError(f"--output_dir {out} is a non-empty folder that does not hold an earlier run of this "
                              "command; pick another folder or pass --overwrite_output_dir")  # fmt: skip
+    if args.resume_from_checkpoint:
+        find_checkpoint(args)
     return args
 
 
@@ -424,6 +451,82 @@ def _gather(obj, world: int) -> list:
     return out
 
 
+CHECKPOINTS = "checkpoints"  # folder inside --output_dir: one folder per --save_steps checkpoint, and `latest`
+
+
+def checkpoint_root(args) -> Path:
+    """Where --save_steps writes and --resume_from_checkpoint latest reads: <output_dir>/checkpoints."""
+    return Path(args.output_dir) / CHECKPOINTS
+
+
+def rng_states() -> dict:
+    """Python, NumPy and torch random states (dropout draws from torch's)."""
+    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def save_checkpoint(engine, root: Path, step: int, state: dict, say=print) -> Path:
+    """DeepSpeed checkpoint (weights, optimizer, scheduler) plus `state` (data position, history, RNG) as
+    root/step{N}: written under a temporary name, renamed when every rank is done, then `latest` replaced."""
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    tag, tmp = f"step{step}", f".saving-step{step}"
+    start = time.perf_counter()
+    if rank0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(root / tmp, ignore_errors=True)  # left by a run killed while saving
+    _barrier(world)
+    engine.save_checkpoint(str(root), tag=tmp, client_state=dict(sft_state=state), save_latest=False)
+    _barrier(world)
+    if rank0:
+        shutil.rmtree(root / tag, ignore_errors=True)
+        os.replace(root / tmp, root / tag)
+        atomic_write_text(root / "latest", tag)
+        size = sum(f.stat().st_size for f in (root / tag).rglob("*") if f.is_file())
+        say(f"checkpoint {root / tag}: {size / 2**20:.1f} MiB in {time.perf_counter() - start:.2f} s")
+    _barrier(world)
+    return root / tag
+
+
+def find_checkpoint(args) -> tuple[Path, str]:
+    """(folder, tag) named by --resume_from_checkpoint: 'latest' (in <output_dir>/checkpoints), a checkpoints
+    folder holding `latest`, or one step folder; ValueError naming what is missing."""
+    given = args.resume_from_checkpoint
+    root = checkpoint_root(args) if given == "latest" else Path(given).expanduser()
+    if (root / "latest").is_file():
+        tag = (root / "latest").read_text(encoding="utf-8").strip()
+    elif root.is_dir() and root.name.startswith("step"):
+        root, tag = root.parent, root.name
+    else:
+        raise ValueError(f"--resume_from_checkpoint {given}: no checkpoint at {root} (expected a folder with a "
+                         "`latest` file, or a step folder); --save_steps N writes them")  # fmt: skip
+    if not any((root / tag).glob("*model_states.pt")):
+        raise ValueError(f"--resume_from_checkpoint {given}: {root / tag} holds no complete checkpoint")
+    return root, tag
+
+
+def resume(engine, args, result, say=print) -> dict:
+    """Load the checkpoint into the engine, restore history, tokens and RNG; returns the data position."""
+    root, tag = find_checkpoint(args)
+    path, client = engine.load_checkpoint(str(root), tag=tag)
+    if path is None or "sft_state" not in client:
+        raise ValueError(f"--resume_from_checkpoint: {root / tag} could not be loaded")
+    state = client["sft_state"]
+    result.history, result.perplexity = list(state["history"]), list(state["perplexity"])
+    result.train_seconds, result.real_tokens = state["train_seconds"], state["real_tokens"]
+    result.padded_tokens = state["padded_tokens"]
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    say(f"resumed from {root / tag}: step {len(result.history)}, epoch {state['epoch']}, "
+        f"{state['micro_batches']} micro-batches of it done")  # fmt: skip
+    return state
+
+
 def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
     """Run DeepSpeed-Chat step 1 on one process (or one rank): data, LoRA, deepspeed.initialize, train, eval, save."""
     import deepspeed
@@ -471,8 +574,9 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
         sampler = LengthGroupedBatches(lengths, args.per_device_train_batch_size, args.seed, rank, world)
         loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=default_data_collator)
     else:  # DeepSpeed-Chat's sampling: the same global batches for any number of ranks under a launcher
+        generator = torch.Generator().manual_seed(args.seed)
         sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if launched else RandomSampler(
-            train_set, generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
+            train_set, generator=generator)  # fmt: skip
         loader = DataLoader(train_set, args.per_device_train_batch_size, sampler=sampler,
                             collate_fn=default_data_collator)  # fmt: skip
     # the engine steps every gradient_accumulation_steps micro-batches, counted across epochs
@@ -500,16 +604,33 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
     say(f"train {len(train_set)} records ({train_set.num_dropped} longer than {args.max_seq_len} dropped), "
         f"eval {len(eval_set)}; {steps} optimizer steps on {world} rank(s); "
         f"trainable params {result.trainable_params:,}")  # fmt: skip
-    result.perplexity.append((0, perplexity(engine, eval_set, args.per_device_eval_batch_size)))
-    say(f"epoch 0/{args.num_train_epochs}: held-out perplexity {result.perplexity[-1][1]:.2f}")
-    micro_losses, done = [], False
+    position = dict(epoch=1, micro_batches=0, sampler_state=None)  # where the data stands: a resume starts here
+    if args.resume_from_checkpoint:
+        position = resume(engine, args, result, say)
+    else:
+        result.perplexity.append((0, perplexity(engine, eval_set, args.per_device_eval_batch_size)))
+        say(f"epoch 0/{args.num_train_epochs}: held-out perplexity {result.perplexity[-1][1]:.2f}")
+    micro_losses, done = [], len(result.history) >= steps
     held = dict.fromkeys(MEASURED, 0)  # the most this rank held at once, over the run
-    for epoch in range(1, args.num_train_epochs + 1):
+    for epoch in range(position["epoch"], args.num_train_epochs + 1):
+        if done:
+            break
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        skip = position["micro_batches"] if epoch == position["epoch"] else 0
+        if launched or args.group_by_length:
+            sampler_state = None  # the order is a function of (seed, epoch)
+        elif skip and position["sampler_state"] is not None:
+            generator.set_state(position["sampler_state"])  # this epoch's shuffle, as the interrupted run drew it
+            sampler_state = position["sampler_state"]
+        else:
+            sampler_state = generator.get_state()
         engine.train()
         start = time.perf_counter()
-        for batch in progress(loader, f"epoch {epoch}", disable=not rank0):
+        batches = itertools.islice(loader, skip, None)  # resumed: the micro-batches trained before are skipped
+        micro = skip
+        for batch in progress(batches, f"epoch {epoch}", disable=not rank0, total=len(loader) - skip):
+            micro += 1
             if args.padding == "longest":  # max_length keeps DeepSpeed-Chat's padding columns: same loss
                 batch = trim_padding(batch)
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -538,12 +659,24 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
                     say(f"step {len(result.history)}/{steps}: loss {result.history[-1]['loss']:.4f}")
                 if len(result.history) >= steps:
                     done = True
+                if args.save_steps and (len(result.history) % args.save_steps == 0 or done):
+                    result.train_seconds += time.perf_counter() - start
+                    state = dict(epoch=epoch, micro_batches=micro, sampler_state=sampler_state,
+                                 history=result.history, perplexity=result.perplexity,
+                                 train_seconds=result.train_seconds, real_tokens=result.real_tokens,
+                                 padded_tokens=result.padded_tokens, rng=rng_states())  # fmt: skip
+                    save_checkpoint(engine, checkpoint_root(args), len(result.history), state, say)
+                    start = time.perf_counter()
+                if done:
                     break
         result.train_seconds += time.perf_counter() - start
         result.perplexity.append((epoch, perplexity(engine, eval_set, args.per_device_eval_batch_size)))
         say(f"epoch {epoch}/{args.num_train_epochs}: held-out perplexity {result.perplexity[-1][1]:.2f}")
         if done:
             break
+    last_epoch = result.history[-1]["epoch"] if result.history else 0
+    if result.perplexity[-1][0] < last_epoch:  # resumed from the final checkpoint, saved before this evaluation
+        result.perplexity.append((last_epoch, perplexity(engine, eval_set, args.per_device_eval_batch_size)))
     say(f"trained {len(result.history)} steps in {result.train_seconds:.1f} s, "
         f"{result.tokens_per_second:.0f} tokens/s (non-padding)")  # fmt: skip
     result.rank_memory = _gather(held, world)
@@ -552,6 +685,7 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
             + rank_memory_table(result.rank_memory))  # fmt: skip
     engine.eval()
     if args.output_dir:
+        _barrier(world)  # every rank has finished its last checkpoint
         convert_lora_to_linear_layer(engine.module)  # fuse W0 += s B A, as DeepSpeed-Chat does before saving
         # every rank takes part (ZeRO-3 gathers the partitions); rank 0 writes
         memory = dict(zero_stage=args.zero_stage, world_size=world, dtype=args.dtype, unit="bytes",
@@ -559,7 +693,7 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
         history = dict(history=result.history, perplexity=result.perplexity, world_size=world)
         extra = {"zero_memory.json": json.dumps(memory, indent=1) + "\n",
                  "history.json": json.dumps(history, indent=1) + "\n"}  # fmt: skip
-        saved = save_hf_format(engine, tokenizer, args, write=rank0, extra_files=extra)
+        saved = save_hf_format(engine, tokenizer, args, write=rank0, extra_files=extra, keep=(CHECKPOINTS,))
         if rank0:
             result.output_dir = str(saved)
             say(f"saved a Hugging Face checkpoint to {args.output_dir}")

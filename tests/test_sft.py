@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -417,3 +418,54 @@ def test_a_failing_rank_ends_the_job(fault, tmp_path):
     else:  # rank 0 gives up after --dist_timeout (12 s) with one line, instead of waiting forever
         assert "error: rank 0 waited longer than --dist_timeout 0.2 min" in run.stderr
     assert seconds < 120, f"{seconds:.0f} s"
+
+
+def _launch(nproc: int, argv: list[str], tmp_path) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, "-m", "sft_lessons.sft", *argv]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "sft_lessons.sft", *argv]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_killed_run_resumes_to_the_same_model(nproc, tmp_path):
+    import signal
+
+    import psutil  # a dependency of accelerate
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SFT_LESSONS_DEVICE": "cpu", "OMP_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    # two epochs of 9 (one rank) or 5 (two ranks) optimizer steps: the resumed part crosses an epoch boundary
+    common = ["--test_mode", "--data_output_path", str(tmp_path / "data"), "--num_train_epochs", "2",
+              "--per_device_train_batch_size", str(32 // nproc), "--max_steps", "12", "--print_loss"]  # fmt: skip
+    whole = subprocess.run(_launch(nproc, [*common, "--output_dir", str(tmp_path / "whole")], tmp_path),
+                           capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out = tmp_path / "killed"
+    argv = [*common, "--output_dir", str(out), "--save_steps", "4"]
+    job = subprocess.Popen(_launch(nproc, argv, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=env)  # fmt: skip
+    latest = out / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while job.poll() is None and time.monotonic() < deadline:
+        if latest.is_file() and latest.read_text() == "step4":
+            for process in [*psutil.Process(job.pid).children(recursive=True), psutil.Process(job.pid)]:
+                process.send_signal(signal.SIGKILL)  # every rank and the launcher, as a lost machine would end them
+            break
+        time.sleep(0.005)
+    job.wait(timeout=60)
+    assert job.returncode == -signal.SIGKILL and not (out / "model.safetensors").exists()
+    resumed = subprocess.run(_launch(nproc, [*argv, "--resume_from_checkpoint"], tmp_path),
+                             capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert re.search(r"resumed from \S+step(4|8): step (4|8), epoch 1", resumed.stdout), resumed.stdout
+    a, b = (json.loads((d / "history.json").read_text()) for d in (tmp_path / "whole", out))
+    assert [h["loss"] for h in b["history"]] == pytest.approx([h["loss"] for h in a["history"]], abs=1e-6)
+    assert [e for e, _ in b["perplexity"]] == [0, 1, 2]
+    assert [p for _, p in b["perplexity"]] == pytest.approx([p for _, p in a["perplexity"]], rel=1e-6)
+    wa, wb = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6
