@@ -482,10 +482,13 @@ def save_hf_format(model, tokenizer, args, sub_folder: str = "", write: bool = T
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.saving-", dir=output_dir.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the saved model is an ordinary folder
-    model_to_save.save_pretrained(tmp, state_dict=state)  # safetensors + config + generation_config
-    tokenizer.save_pretrained(tmp)  # tokenizer.json, its config, special tokens, chat template
-    for name, text in (extra_files or {}).items():
-        (tmp / name).write_text(text, encoding="utf-8")
+    try:
+        model_to_save.save_pretrained(tmp, state_dict=state)  # safetensors + config + generation_config
+        tokenizer.save_pretrained(tmp)  # tokenizer.json, its config, special tokens, chat template
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OSError(f"saving into {tmp} failed ({exc.strerror or exc}); {output_dir} is as it was") from exc
     try:
         replace_dir(tmp, output_dir, keep)
     except OSError as exc:

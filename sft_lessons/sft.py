@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -56,10 +57,57 @@ PADDINGS = ("longest", "max_length")
 TEST_MODE = dict(max_seq_len=384, per_device_train_batch_size=4, per_device_eval_batch_size=8, max_steps=3)
 
 
+EPILOG = """\
+launch:
+  1 process                 python -m sft_lessons.sft ...            (or: sft-lessons sft ...)
+  N processes, one machine  torchrun --standalone --nproc_per_node N -m sft_lessons.sft ...   (CPU: gloo, GPU: NCCL)
+                            deepspeed --num_gpus N --module sft_lessons.sft ...
+  N machines (GPUs)         deepspeed --hostfile hostfile --num_nodes N --module sft_lessons.sft ...
+
+differences from DeepSpeed-Chat step 1 (training/step1_supervised_finetuning/main.py):
+  defaults       --data_path local/hh_sft (upstream Dahoas/rm-static), --data_split 10,0,0 (2,4,4),
+                 --model_name_or_path smollm2-135m-instruct (required), --max_seq_len 160 (512),
+                 --learning_rate 2e-5 (1e-3), --per_device_train_batch_size 8 (16), --dtype fp32 (fp16; fp32 is
+                 ours), --lora_module_name layers. (decoder.layers.), --data_output_path build/data_files
+                 (/tmp/data_files/), --prompt_format chat (upstream: raw text only), --padding longest
+                 (upstream: max_length)
+  data           records longer than --max_seq_len are dropped (upstream cuts them); only the answer and its end
+                 marker carry labels (upstream: every non-padding token, the prompt too)
+  --eot_token    the end marker of the raw format (default: the tokenizer's eos_token); upstream always ends
+                 records with eos_token and uses --eot_token only to register a special token (--add_eot_token)
+  optimizer      torch AdamW (upstream FusedAdam, a CUDA kernel); DeepSpeedCPUAdam under --offload, as upstream
+  ds config      DeepSpeed's defaults for what upstream sets (overlap_comm, stage-3 thresholds, fp16
+                 loss_scale_window); --deepspeed_config is merged over the built config (upstream: an error)
+  logging        rank 0 only; --print_loss prints each optimizer step's loss, the mean over ranks (upstream: each
+                 micro-batch, every rank); TensorBoard also gets the train loss (DeepSpeed logs only the lr)
+  evaluation     token-weighted perplexity of the whole held-out set on every rank (upstream: the mean of per-batch
+                 losses, split across ranks)
+  saving         safetensors + the whole tokenizer and chat template, written atomically (upstream:
+                 pytorch_model.bin, config and vocabulary files)
+  added          --prompt_format, --lora_scaling, --max_steps, --padding, --group_by_length, --save_steps,
+                 --resume_from_checkpoint, --overwrite_output_dir, --dist_timeout, --test_mode
+
+checked before any work (exit status 2, one line naming the option or variable and the valid values):
+  every number's range, --data_split, --dtype vs the device, --output_dir and --data_output_path (not a file, no
+  file on the way, a non-empty --output_dir must hold an earlier run), --deepspeed_config (readable JSON),
+  --resume_from_checkpoint (a complete checkpoint), --enable_tensorboard (the package), SFT_LESSONS_DEVICE and
+  SFT_LESSONS_CACHE; then the data: bad lines give file:line, an empty or all-too-long share says why.
+on interruption:
+  saving         the model is written to a temporary folder beside --output_dir and renamed: a failed save leaves
+                 the previous folder as it was and names the temporary one
+  --save_steps N DeepSpeed checkpoint every N steps in <output_dir>/checkpoints (step folders renamed into place
+                 when complete; `latest` replaced atomically); --resume_from_checkpoint continues with the same
+                 weights, optimizer, scheduler, data position and random state
+  a lost rank    torchrun stops the other ranks; a rank waiting for a dead or hung one gives up after
+                 --dist_timeout minutes (exit status 1)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """DeepSpeed-Chat step 1's arguments (same names and meanings), plus --test_mode, --max_steps, --lora_scaling,
     --padding and --group_by_length."""
-    p = argparse.ArgumentParser(prog="sft-lessons sft", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="sft-lessons sft", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     a = p.add_argument
     a(
         "--data_path",
@@ -700,6 +748,22 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
     return result
 
 
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launch(nproc: int, argv: list[str], device: str = "cpu", timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run this command on `nproc` ranks of this machine with torchrun (`--standalone`), as a child process;
+    raises RuntimeError with the end of its stderr if it fails."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "sft_lessons.sft", *argv]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}  # torchrun sets them per rank
+    env.update(SFT_LESSONS_DEVICE=device, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if run.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[1:])} failed ({run.returncode}):\n{run.stderr[-3000:]}")
+    return run
+
+
 def main(argv=None) -> int:
     """Command-line entry point; bad arguments print one clear line and exit with status 2."""
     parser = build_parser()
@@ -711,6 +775,9 @@ def main(argv=None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # saving failed (disk full, permissions): the message says where the model is
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
     except RuntimeError as exc:  # gloo and NCCL report a collective past --dist_timeout as a RuntimeError
         if "timed out" not in str(exc).lower() and "timeout" not in str(exc).lower():
             raise

@@ -252,3 +252,34 @@ def test_save_hf_format_complete_and_reloadable(tmp_path, tok):
         torch.testing.assert_close(reloaded(ids).logits, before, atol=1e-5, rtol=1e-4)
     tok2 = AutoTokenizer.from_pretrained(out)
     assert tok2.chat_template == tok.chat_template and tok2.get_vocab() == tok.get_vocab()
+
+
+def test_save_is_atomic_and_keeps_checkpoints(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from sft_lessons import dschat
+    from sft_lessons.models import tiny_causal_lm, tiny_tokenizer
+
+    model, tokenizer = tiny_causal_lm("llama"), tiny_tokenizer()
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "latest").write_text("step4")
+    (out / "old.txt").write_text("previous run")
+    args = SimpleNamespace(output_dir=str(out))
+    save_hf_format(model, tokenizer, args, extra_files={"history.json": "{}"}, keep=("checkpoints",))
+    names = sorted(p.name for p in out.iterdir())
+    assert "model.safetensors" in names and "history.json" in names and "old.txt" not in names
+    assert (out / "checkpoints" / "latest").read_text() == "step4"  # carried over
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left
+    before = (out / "model.safetensors").read_bytes()
+
+    def fail(src, dst, keep=()):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dschat, "replace_dir", fail)
+    with pytest.raises(OSError, match=r"could not move the saved model to .*; it is complete in .*saving-"):
+        save_hf_format(model, tokenizer, args)
+    assert (out / "model.safetensors").read_bytes() == before  # the previous model is untouched
+    tmp = next(p for p in tmp_path.iterdir() if ".saving-" in p.name)
+    assert (tmp / "model.safetensors").is_file()  # and the new one is whole where the message says

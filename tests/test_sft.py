@@ -185,14 +185,7 @@ def test_max_length_padding_keeps_every_column(tmp_path, monkeypatch):
 
 
 def _torchrun(nproc: int, argv: list[str], tmp_path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "sft_lessons.sft", *argv]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SFT_LESSONS_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)  # this test process may hold a one-process group of its own
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run
+    return sft.launch(nproc, argv, timeout=300)  # raises with the ranks' stderr if the job fails
 
 
 @pytest.mark.slow

@@ -697,7 +697,8 @@ _PHASE_SIZES_STUB = '''
 def phase_sizes(size, data_split):
     """[n1, n2, n3]: how many of `size` records phases 1, 2 and 3 get from data_split such as "2,4,4"."""
     # TODO: three non-negative numbers with a positive sum, else ValueError; normalise them to shares;
-    #       round so that the three sizes always add up to `size`, as split_indices' cuts do
+    #       round each share on its own, then shift the cuts so that the three sizes add up to `size`,
+    #       as split_indices (and DeepSpeed-Chat) do
     raise NotImplementedError
 '''
 
@@ -717,7 +718,7 @@ def check_phase_sizes(fn) -> str:
         got = fn(size, split)
         got = as_int_list(f"phase_sizes({size}, {split!r})", got)
         if got != expected:
-            hint = f" (they add up to {sum(got)}; round the cumulative shares)" if sum(got) != size else ""
+            hint = f" (they add up to {sum(got)}; move the cuts back by the rounding excess)" if sum(got) != size else ""
             raise ExerciseFailed(f"phase_sizes({size}, {split!r}): expected {expected}, got {got}{hint}")
     for bad in ("2,4", "0,0,0", "1,-1,2", "a,b,c", "1,2,3,4"):
         try:

@@ -146,7 +146,11 @@ def phase_sizes(size, data_split):
             f"data_split {data_split!r}: expected three non-negative numbers with a positive sum"
         )
     shares = [x / sum(parts) for x in parts]
-    bounds = [0] + [int(round(size * sum(shares[: i + 1]))) for i in range(3)]  # cumulative: ends at `size`
+    bounds = [0]
+    for share in shares:  # each share rounded on its own (DeepSpeed-Chat's rule) ...
+        bounds.append(bounds[-1] + round(share * size))
+    excess = bounds[-1] - size  # ... then every boundary moved back by what the rounding added (or lost)
+    bounds = [0] + [min(max(b - excess, 0), size) for b in bounds[1:]]
     return [bounds[i + 1] - bounds[i] for i in range(3)]
 
 
