@@ -85,7 +85,7 @@ differences from DeepSpeed-Chat step 1 (training/step1_supervised_finetuning/mai
   saving         safetensors + the whole tokenizer and chat template, written atomically (upstream:
                  pytorch_model.bin, config and vocabulary files)
   added          --prompt_format, --lora_scaling, --max_steps, --padding, --group_by_length, --save_steps,
-                 --resume_from_checkpoint, --overwrite_output_dir, --dist_timeout, --test_mode
+                 --save_total_limit, --resume_from_checkpoint, --overwrite_output_dir, --dist_timeout, --test_mode
 
 checked before any work (exit status 2, one line naming the option or variable and the valid values):
   every number's range, --data_split, --dtype vs the device, --output_dir and --data_output_path (not a file, no
@@ -96,8 +96,9 @@ on interruption:
   saving         the model is written to a temporary folder beside --output_dir and renamed: a failed save leaves
                  the previous folder as it was and names the temporary one
   --save_steps N DeepSpeed checkpoint every N steps in <output_dir>/checkpoints (step folders renamed into place
-                 when complete; `latest` replaced atomically); --resume_from_checkpoint continues with the same
-                 weights, optimizer, scheduler, data position and random state
+                 when complete; `latest` replaced atomically; frozen weights left out; --save_total_limit K keeps
+                 the newest K); --resume_from_checkpoint continues with the same trainable weights, optimizer,
+                 scheduler, data position and random state
   a lost rank    torchrun stops the other ranks; a rank waiting for a dead or hung one gives up after
                  --dist_timeout minutes (exit status 1)
 """
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="every N optimizer steps (and at the last) write a DeepSpeed checkpoint (weights, optimizer, scheduler, "
         "data position, RNG) to <output_dir>/checkpoints; 0: none",
     )
+    a("--save_total_limit", type=int, default=0, help="keep only the newest N checkpoints (0: all)")
     a(
         "--resume_from_checkpoint",
         nargs="?",
@@ -299,6 +301,8 @@ def validate_args(args) -> argparse.Namespace:
     user_ds_config(args)  # --deepspeed_config: readable JSON object
     if args.data_output_path:
         _writable_dir("--data_output_path", args.data_output_path)
+    if args.save_total_limit < 0:
+        raise ValueError(f"--save_total_limit must be >= 0 (0: keep all), got {args.save_total_limit}")
     if args.save_steps < 0:
         raise ValueError(f"--save_steps must be >= 0 (0: no checkpoints), got {args.save_steps}")
     if (args.save_steps or args.resume_from_checkpoint == "latest") and not args.output_dir:
@@ -517,9 +521,10 @@ def _barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
-def save_checkpoint(engine, root: Path, step: int, state: dict, say=print) -> Path:
+def save_checkpoint(engine, root: Path, step: int, state: dict, say=print, keep: int = 0) -> Path:
     """DeepSpeed checkpoint (weights, optimizer, scheduler) plus `state` (data position, history, RNG) as
-    root/step{N}: written under a temporary name, renamed when every rank is done, then `latest` replaced."""
+    root/step{N}: written under a temporary name, renamed when every rank is done, then `latest` replaced; with
+    keep > 0 only the newest `keep` step folders are kept."""
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     tag, tmp = f"step{step}", f".saving-step{step}"
@@ -528,7 +533,9 @@ def save_checkpoint(engine, root: Path, step: int, state: dict, say=print) -> Pa
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(root / tmp, ignore_errors=True)  # left by a run killed while saving
     _barrier(world)
-    engine.save_checkpoint(str(root), tag=tmp, client_state=dict(sft_state=state), save_latest=False)
+    # frozen weights (LoRA's W0) are not saved: a resume rebuilds them from --model_name_or_path
+    engine.save_checkpoint(str(root), tag=tmp, client_state=dict(sft_state=state), save_latest=False,
+                           exclude_frozen_parameters=True)  # fmt: skip
     _barrier(world)
     if rank0:
         shutil.rmtree(root / tag, ignore_errors=True)
@@ -536,6 +543,10 @@ def save_checkpoint(engine, root: Path, step: int, state: dict, say=print) -> Pa
         atomic_write_text(root / "latest", tag)
         size = sum(f.stat().st_size for f in (root / tag).rglob("*") if f.is_file())
         say(f"checkpoint {root / tag}: {size / 2**20:.1f} MiB in {time.perf_counter() - start:.2f} s")
+        if keep:  # --save_total_limit: the oldest step folders go, the newest `keep` stay
+            steps = sorted((int(d.name[4:]), d) for d in root.glob("step*") if d.name[4:].isdigit())
+            for _, old in steps[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
     _barrier(world)
     return root / tag
 
@@ -560,7 +571,7 @@ def find_checkpoint(args) -> tuple[Path, str]:
 def resume(engine, args, result, say=print) -> dict:
     """Load the checkpoint into the engine, restore history, tokens and RNG; returns the data position."""
     root, tag = find_checkpoint(args)
-    path, client = engine.load_checkpoint(str(root), tag=tag)
+    path, client = engine.load_checkpoint(str(root), tag=tag, load_module_strict=False)  # frozen weights: not saved
     if path is None or "sft_state" not in client:
         raise ValueError(f"--resume_from_checkpoint: {root / tag} could not be loaded")
     state = client["sft_state"]
@@ -713,7 +724,8 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
                                  history=result.history, perplexity=result.perplexity,
                                  train_seconds=result.train_seconds, real_tokens=result.real_tokens,
                                  padded_tokens=result.padded_tokens, rng=rng_states())  # fmt: skip
-                    save_checkpoint(engine, checkpoint_root(args), len(result.history), state, say)
+                    save_checkpoint(engine, checkpoint_root(args), len(result.history), state, say,
+                                    args.save_total_limit)  # fmt: skip
                     start = time.perf_counter()
                 if done:
                     break
