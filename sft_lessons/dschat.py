@@ -166,7 +166,8 @@ def parse_data_split(data_split: str) -> list[float]:
 
 
 def split_indices(size: int, data_split: str, train_phase: int, seed: int) -> list[int]:
-    """Indices of phase `train_phase`'s share of `size` records: a seeded shuffle cut at the cumulative shares."""
+    """Indices of phase `train_phase`'s share of `size` records: a seeded shuffle, cut as DeepSpeed-Chat cuts it
+    (each share rounded with Python's round(), halves to even; the cuts moved back by the excess, clamped)."""
     if train_phase not in (1, 2, 3):
         raise ValueError(f"train_phase must be 1, 2 or 3, got {train_phase!r}")
     shares = parse_data_split(data_split)

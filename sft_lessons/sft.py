@@ -76,15 +76,25 @@ differences from DeepSpeed-Chat step 1 (training/step1_supervised_finetuning/mai
   --eot_token    the end marker of the raw format (default: the tokenizer's eos_token); upstream always ends
                  records with eos_token and uses --eot_token only to register a special token (--add_eot_token)
   optimizer      torch AdamW (upstream FusedAdam, a CUDA kernel); DeepSpeedCPUAdam under --offload, as upstream
-  ds config      DeepSpeed's defaults for what upstream sets (overlap_comm, stage-3 thresholds, fp16
-                 loss_scale_window); --deepspeed_config is merged over the built config (upstream: an error)
-  logging        rank 0 only; --print_loss prints each optimizer step's loss, the mean over ranks (upstream: each
+  ZeRO-3 load    the model is loaded whole on every rank and partitioned by deepspeed.initialize (upstream loads
+                 it already partitioned through HfDeepSpeedConfig / zero.Init): every rank must hold it once
+  ds config      DeepSpeed's defaults for what upstream sets (overlap_comm, stage-3 thresholds,
+                 memory_efficient_linear False, fp16 loss_scale_window, steps_per_print 10); --deepspeed_config is
+                 merged over the built config (upstream: an error)
+  data order     seeded with --seed and reshuffled every epoch (upstream: DistributedSampler with seed 0 and the
+                 same order every epoch; without a launcher a RandomSampler on the global generator)
+  lr schedule    floor(epochs x batches / accumulation) steps, and training stops there (upstream: ceil per epoch)
+  vocabulary     embeddings resized (to a multiple of 8) only when the tokenizer grew (upstream: always resized
+                 to a multiple of 8); --add_eot_token registers the marker only with --prompt_format raw and an
+                 explicit --eot_token (upstream: always, default <|endoftext|>)
+  --lora_module_name  several substrings may be given, comma-separated (upstream: one)
+  logging        rank 0 only logs and writes the model (each rank writes its shard of a checkpoint); --print_loss prints each optimizer step's loss, the mean over ranks (upstream: each
                  micro-batch, every rank); TensorBoard also gets the train loss (DeepSpeed logs only the lr)
   evaluation     token-weighted perplexity of the whole held-out set on every rank (upstream: the mean of per-batch
                  losses, split across ranks)
   saving         safetensors + the whole tokenizer and chat template, written atomically (upstream:
                  pytorch_model.bin, config and vocabulary files)
-  added          --prompt_format, --lora_scaling, --max_steps, --padding, --group_by_length, --save_steps,
+  added          --end_of_conversation_token (= --eot_token), --prompt_format, --lora_scaling, --max_steps, --padding, --group_by_length, --save_steps,
                  --save_total_limit, --resume_from_checkpoint, --overwrite_output_dir, --dist_timeout, --test_mode
 
 checked before any work (exit status 2, one line naming the option or variable and the valid values):
@@ -591,6 +601,8 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
     import deepspeed
 
     device = get_device()
+    if args.local_rank < 0 and "LOCAL_RANK" in os.environ and not _OWN_GROUP:
+        args.local_rank = int(os.environ["LOCAL_RANK"])  # torchrun passes it in the environment, not as an option
     if device.type == "cuda" and args.local_rank >= 0:
         torch.cuda.set_device(args.local_rank)
         device = torch.device("cuda", args.local_rank)
@@ -741,7 +753,8 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
         f"{result.tokens_per_second:.0f} tokens/s (non-padding)")  # fmt: skip
     result.rank_memory = _gather(held, world)
     if world > 1 or args.print_loss:
-        say(f"model states held per rank (ZeRO stage {args.zero_stage}, most at once over the run):\n"
+        say(f"model-state tensors per rank (ZeRO stage {args.zero_stage}; each column: its largest value in the "
+            "run; buffers not counted):\n"
             + rank_memory_table(result.rank_memory))  # fmt: skip
     engine.eval()
     if args.output_dir:

@@ -101,7 +101,8 @@ def zero_memory_table(configs: dict[str, dict], gpus=(1, 8)) -> list[dict]:
     return rows
 
 
-# ---- measured: what one rank of a running DeepSpeed engine holds ----
+# ---- measured: the model-state tensors one rank of a running DeepSpeed engine holds ----
+# (not counted: ZeRO-1/2's gradient-reduction buckets, the fp32 gradient partition built inside step(), activations)
 
 
 def held_bytes(tensors) -> int:
@@ -157,8 +158,8 @@ MEASURED = ("parameters", "gradients", "adam_moments", "master_weights")
 
 
 def rank_memory_table(per_rank: list[dict]) -> str:
-    """Text table of measured bytes per rank (rows: ranks; columns: MEASURED and their total), in KiB."""
-    head = f"{'rank':>4}" + "".join(f"{k:>16}" for k in (*MEASURED, "total")) + "   (KiB)"
+    """Text table of measured bytes per rank (rows: ranks; columns: MEASURED and their sum), in KiB."""
+    head = f"{'rank':>4}" + "".join(f"{k:>16}" for k in (*MEASURED, "sum")) + "   (KiB)"
     rows = [head]
     for rank, row in enumerate(per_rank):
         values = [row[k] for k in MEASURED]

@@ -59,5 +59,5 @@ def test_rank_memory_table_lists_each_rank():
     row = dict(parameters=1024, gradients=512, adam_moments=2048, master_weights=0)
     table = zero_memory.rank_memory_table([row, row])
     lines = table.splitlines()
-    assert len(lines) == 3 and lines[0].split()[:5] == ["rank", *zero_memory.MEASURED]
+    assert len(lines) == 3 and lines[0].split()[:6] == ["rank", *zero_memory.MEASURED, "sum"]
     assert lines[1].split() == ["0", "1.0", "0.5", "2.0", "0.0", "3.5"]

@@ -697,8 +697,8 @@ _PHASE_SIZES_STUB = '''
 def phase_sizes(size, data_split):
     """[n1, n2, n3]: how many of `size` records phases 1, 2 and 3 get from data_split such as "2,4,4"."""
     # TODO: three non-negative numbers with a positive sum, else ValueError; normalise them to shares;
-    #       round each share on its own, then shift the cuts so that the three sizes add up to `size`,
-    #       as split_indices (and DeepSpeed-Chat) do
+    #       round each share on its own with round() (halves go to the even number), then move every cut back
+    #       by the excess so that the sizes add up to `size`, keeping each cut within 0..size, as split_indices does
     raise NotImplementedError
 '''
 
@@ -706,7 +706,8 @@ def phase_sizes(size, data_split):
 @exercise("07.1", "how many records each training phase gets", _PHASE_SIZES_STUB)
 def check_phase_sizes(fn) -> str:
     """Compare fn with the sizes of sft_lessons.dschat.split_indices' shares; bad splits raise ValueError."""
-    cases = [(10, "1,1,1"), (10, "2,4,4"), (97, "10,0,0"), (5, "6,2,2"), (7, "1,1,1"), (280, "2,4,4")]
+    cases = [(10, "1,1,1"), (10, "2,4,4"), (97, "10,0,0"), (5, "6,2,2"), (7, "1,1,1"), (280, "2,4,4"),
+             (5, "1,1,0"), (1, "1,1,0"), (3, "0,1,1")]  # ties (round half to even); a cut clamped at 0
     rng = random.Random(1)
     for _ in range(20):
         parts = [rng.randint(0, 9) for _ in range(3)]
