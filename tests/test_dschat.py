@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from sft_lessons import dschat
+from sft_lessons import assets, dschat
 from sft_lessons.data import data_path
 from sft_lessons.dschat import (
     build_sft_example,
@@ -283,3 +283,80 @@ def test_save_is_atomic_and_keeps_checkpoints(tmp_path, monkeypatch):
     assert (out / "model.safetensors").read_bytes() == before  # the previous model is untouched
     tmp = next(p for p in tmp_path.iterdir() if ".saving-" in p.name)
     assert (tmp / "model.safetensors").is_file()  # and the new one is whole where the message says
+
+
+# ---- parity with TRL's SFTTrainer: the same tokens, and which of them carry labels ----
+
+SMOL_TURN = "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+
+
+def smol_generation_template(template: str) -> str:
+    """SmolLM2's chat template with {% generation %} around each assistant answer and its <|im_end|> (TRL's
+    assistant_only_loss needs the markers); it renders the same text."""
+    assert SMOL_TURN in template
+    marked = ("{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}{% generation %}"
+              "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}{% else %}" + SMOL_TURN + "{% endif %}")  # fmt: skip
+    return template.replace(SMOL_TURN, marked)
+
+
+@pytest.mark.skipif(not assets.is_cached("smollm2-135m-instruct"), reason="run `sft-lessons fetch` first")
+def test_labels_agree_with_trl_sft_trainer(tmp_path):
+    pytest.importorskip("trl", minversion="1.16")
+    import copy
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from sft_lessons.dschat import build_chat_example, get_raw_dataset, record_messages
+    from sft_lessons.models import tiny_causal_lm
+
+    smol = load_hf_tokenizer("smollm2-135m-instruct")
+    raw = get_raw_dataset("local/hh_sft")
+    messages = [record_messages(raw, r) for r in raw.get_train_data()[:24]]  # chapter 7's records
+    ours = []
+    for m in messages:
+        example = build_chat_example(smol, m, 4096)
+        n = int(example["attention_mask"].sum())
+        ours.append((example["input_ids"][:n], example["labels"][:n]))
+    model = tiny_causal_lm("llama", vocab_size=len(smol))  # labels only: no training, any weights do
+    config = dict(max_length=4096, report_to=[], bf16=False, use_cpu=True, dataset_num_proc=None)
+
+    def trl_rows(dataset, tokenizer, **extra):
+        trainer = SFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp_path), **config, **extra),
+                             train_dataset=dataset, processing_class=tokenizer)  # fmt: skip
+        rows = [trainer.train_dataset[i] for i in range(len(dataset))]
+        batch = trainer.data_collator(rows)
+        return [(torch.tensor(r["input_ids"]), batch["labels"][i][batch["attention_mask"][i].bool()])
+                for i, r in enumerate(rows)]  # fmt: skip
+
+    # 1. prompt-completion records (TRL's completion-only loss): the same tokens; TRL also trains the "\n" that the
+    #    template puts after <|im_end|>, a token the model never generates (generation stops at <|im_end|>)
+    newline = smol("\n", add_special_tokens=False)["input_ids"]
+    pc = Dataset.from_list([{"prompt": m[:-1], "completion": m[-1:]} for m in messages])
+    for (ids, labels), (trl_ids, trl_labels) in zip(ours, trl_rows(pc, smol), strict=True):
+        assert torch.equal(ids, trl_ids)
+        extra = (labels != trl_labels).nonzero().flatten().tolist()
+        assert extra == [len(ids) - 1] and ids[-1].item() == newline[0] and ids[-2].item() == smol.eos_token_id
+    # 2. assistant_only_loss on whole conversations: SmolLM2's template has no {% generation %} markers and TRL cannot
+    #    patch it, so TRL refuses
+    conversations = Dataset.from_list([{"messages": m} for m in messages])
+    with pytest.raises(ValueError, match="generation"):
+        trl_rows(conversations, smol, assistant_only_loss=True)
+    # 3. with the markers added (same text): token for token equal on single-turn records; on multi-turn records TRL
+    #    trains every assistant turn, ours only the last one (earlier answers are context)
+    marked = copy.deepcopy(smol)
+    marked.chat_template = smol_generation_template(smol.chat_template)
+    assert all(marked.apply_chat_template(m, tokenize=False) == smol.apply_chat_template(m, tokenize=False)
+               for m in messages)  # fmt: skip
+    single = multi = 0
+    trl_marked = trl_rows(conversations, marked, assistant_only_loss=True)
+    for m, (ids, labels), (trl_ids, trl_labels) in zip(messages, ours, trl_marked, strict=True):
+        assert torch.equal(ids, trl_ids)
+        if len(m) == 2:
+            assert torch.equal(labels, trl_labels)
+            single += 1
+        else:
+            kept = labels != -100
+            assert torch.equal(trl_labels[kept], labels[kept]) and (trl_labels != -100).sum() > kept.sum()
+            multi += 1
+    assert single > 0 and multi > 0
