@@ -79,23 +79,29 @@ differences from DeepSpeed-Chat step 1 (training/step1_supervised_finetuning/mai
   ZeRO-3 load    the model is loaded whole on every rank and partitioned by deepspeed.initialize (upstream loads
                  it already partitioned through HfDeepSpeedConfig / zero.Init): every rank must hold it once
   ds config      DeepSpeed's defaults for what upstream sets (overlap_comm, stage-3 thresholds,
-                 memory_efficient_linear False, fp16 loss_scale_window, steps_per_print 10); --deepspeed_config is
-                 merged over the built config (upstream: an error)
+                 memory_efficient_linear False, fp16 loss_scale_window); steps_per_print 10**9, DeepSpeed prints
+                 nothing (upstream: 10); --deepspeed_config is merged over the built config (upstream: an error)
   data order     seeded with --seed and reshuffled every epoch (upstream: DistributedSampler with seed 0 and the
-                 same order every epoch; without a launcher a RandomSampler on the global generator)
+                 same order every epoch)
+  launchers      plain python and torchrun work (LOCAL_RANK is read from the environment); upstream needs the
+                 deepspeed launcher's --local_rank (without it, it stops at torch.distributed.get_rank())
+  data cache     the file name hashes every input, the data's content included, and only tensors are stored
+                 (upstream: a hash of the options; the dataset objects pickled with torch.save)
   lr schedule    floor(epochs x batches / accumulation) steps, and training stops there (upstream: ceil per epoch)
   vocabulary     embeddings resized (to a multiple of 8) only when the tokenizer grew (upstream: always resized
                  to a multiple of 8); --add_eot_token registers the marker only with --prompt_format raw and an
                  explicit --eot_token (upstream: always, default <|endoftext|>)
   --lora_module_name  several substrings may be given, comma-separated (upstream: one)
-  logging        rank 0 only logs and writes the model (each rank writes its shard of a checkpoint); --print_loss prints each optimizer step's loss, the mean over ranks (upstream: each
-                 micro-batch, every rank); TensorBoard also gets the train loss (DeepSpeed logs only the lr)
+  logging        rank 0 only logs and writes the model (each rank writes its shard of a checkpoint); --print_loss
+                 prints each optimizer step's loss, the mean over ranks (upstream: each micro-batch, every rank);
+                 TensorBoard also gets the train loss (DeepSpeed logs only the lr)
   evaluation     token-weighted perplexity of the whole held-out set on every rank (upstream: the mean of per-batch
                  losses, split across ranks)
   saving         safetensors + the whole tokenizer and chat template, written atomically (upstream:
                  pytorch_model.bin, config and vocabulary files)
-  added          --end_of_conversation_token (= --eot_token), --prompt_format, --lora_scaling, --max_steps, --padding, --group_by_length, --save_steps,
-                 --save_total_limit, --resume_from_checkpoint, --overwrite_output_dir, --dist_timeout, --test_mode
+  added          --end_of_conversation_token (= --eot_token), --prompt_format, --lora_scaling, --max_steps,
+                 --padding, --group_by_length, --save_steps, --save_total_limit, --resume_from_checkpoint,
+                 --overwrite_output_dir, --dist_timeout, --test_mode
 
 checked before any work (exit status 2, one line naming the option or variable and the valid values):
   every number's range, --data_split, --dtype vs the device, --output_dir and --data_output_path (not a file, no
@@ -106,9 +112,9 @@ on interruption:
   saving         the model is written to a temporary folder beside --output_dir and renamed: a failed save leaves
                  the previous folder as it was and names the temporary one
   --save_steps N DeepSpeed checkpoint every N steps in <output_dir>/checkpoints (step folders renamed into place
-                 when complete; `latest` replaced atomically; frozen weights left out; --save_total_limit K keeps
-                 the newest K); --resume_from_checkpoint continues with the same trainable weights, optimizer,
-                 scheduler, data position and random state
+                 when complete; `latest` replaced atomically; frozen weights left out, except a tied output layer;
+                 --save_total_limit K keeps the newest K); --resume_from_checkpoint continues with the same
+                 trainable weights, optimizer, scheduler, data position and random state
   a lost rank    torchrun stops the other ranks; a rank waiting for a dead or hung one gives up after
                  --dist_timeout minutes (exit status 1)
 """

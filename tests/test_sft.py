@@ -491,3 +491,18 @@ def test_lora_zero3_resume_from_an_earlier_checkpoint(tmp_path, monkeypatch):
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in first.history], abs=1e-6)
     a, b = load_file(whole / "model.safetensors"), load_file(again / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+@pytest.mark.slow
+def test_deepspeed_launcher_starts_two_cpu_ranks(tmp_path):
+    out = tmp_path / "model"
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--module", "sft_lessons.sft",
+           "--test_mode", "--zero_stage", "2", "--max_steps", "2", "--data_output_path", str(tmp_path / "data"),
+           "--output_dir", str(out)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in sft.LAUNCH_VARIABLES}
+    env.update(PYTHONPATH=str(ROOT), SFT_LESSONS_DEVICE="cpu", OMP_NUM_THREADS="1")
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("saved a Hugging Face checkpoint") == 1  # rank 0 only
+    history = json.loads((out / "history.json").read_text())
+    assert history["world_size"] == 2 and len(history["history"]) == 2
