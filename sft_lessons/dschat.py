@@ -121,6 +121,20 @@ def _file_sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def check_data_path(dataset_name: str) -> None:
+    """ValueError unless `dataset_name` names a bundled set, an existing .jsonl file, or an enabled hub set (no loading)."""
+    if dataset_name in LOCAL_DATASETS or str(dataset_name).endswith(".jsonl"):
+        path = data_path(LOCAL_DATASETS[dataset_name]) if dataset_name in LOCAL_DATASETS else Path(dataset_name)
+        if not path.is_file():
+            raise ValueError(f"data_path {dataset_name!r}: no such file")
+    elif dataset_name in HUB_DATASETS:
+        if not use_hub():
+            raise ValueError(f"{dataset_name!r} needs SFT_LESSONS_USE_HUB=1 and internet; offline use 'local/hh_sft'")
+    else:
+        valid = ", ".join([*LOCAL_DATASETS, *HUB_DATASETS, "<file>.jsonl"])
+        raise ValueError(f"unknown data_path {dataset_name!r}; valid: {valid}")
+
+
 def get_raw_dataset(dataset_name: str) -> RawPromptDataset:
     """The bundled hh_sft data ('local/hh_sft'), a .jsonl file with its fields, or Dahoas/rm-static (hub opt-in)."""
     if dataset_name in LOCAL_DATASETS or str(dataset_name).endswith(".jsonl"):

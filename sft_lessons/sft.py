@@ -36,6 +36,7 @@ from .dschat import (
     END_OF_CONVERSATION_TOKEN,
     PROMPT_FORMATS,
     atomic_write_text,
+    check_data_path,
     create_prompt_dataset,
     end_of_conversation_ids,
     load_hf_tokenizer,
@@ -315,6 +316,8 @@ def validate_args(args) -> argparse.Namespace:
     if args.enable_tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ValueError("--enable_tensorboard needs the tensorboard package: pip install 'sft-lessons[tensorboard]'")
     user_ds_config(args)  # --deepspeed_config: readable JSON object
+    for name in [*args.data_path, *args.sft_only_data_path]:
+        check_data_path(name)  # a bundled set, an existing .jsonl, or an enabled hub set
     if args.data_output_path:
         _writable_dir("--data_output_path", args.data_output_path)
     if args.save_total_limit < 0:

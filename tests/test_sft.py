@@ -346,6 +346,8 @@ def test_paths_and_settings_are_checked_first(tmp_path, capsys, monkeypatch):
         (["--data_output_path", str(a_file)], f"--data_output_path {a_file}"),
         (["--deepspeed_config", str(bad_json)], f"--deepspeed_config {bad_json}:1: not JSON"),
         (["--deepspeed_config", str(tmp_path / "none.json")], "cannot read it"),
+        (["--data_path", str(tmp_path / "missing.jsonl")], "missing.jsonl': no such file"),
+        (["--data_path", "my/data"], "unknown data_path 'my/data'; valid: local/hh_sft"),
     ]
     for argv, message in cases:
         assert sft.main(argv) == 2, argv
