@@ -443,7 +443,7 @@ class SFTResult:
     model: object
     tokenizer: object
     args: argparse.Namespace
-    history: list = field(default_factory=list)  # one dict per optimizer step: step, loss, lr
+    history: list = field(default_factory=list)  # one dict per optimizer step: step, epoch, loss, lr, seconds, tokens
     perplexity: list = field(default_factory=list)  # (epoch, held-out perplexity), epoch 0 = before training
     train_seconds: float = 0.0
     real_tokens: int = 0  # non-padding tokens processed in training
@@ -706,7 +706,8 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
         else:
             sampler_state = generator.get_state()
         engine.train()
-        start = time.perf_counter()
+        start = step_start = time.perf_counter()
+        step_tokens = 0
         batches = itertools.islice(loader, skip, None)  # resumed: the micro-batches trained before are skipped
         micro = skip
         for batch in progress(batches, f"epoch {epoch}", disable=not rank0, total=len(loader) - skip):
@@ -726,13 +727,17 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
             for key, value in model_state_bytes(engine).items():
                 held[key] = max(held[key], value)
             micro_losses.append(loss.item())
-            result.real_tokens += int(batch["attention_mask"].sum()) * world
+            real = int(batch["attention_mask"].sum()) * world
+            result.real_tokens += real
+            step_tokens += real
             result.padded_tokens += batch["input_ids"].numel() * world
             if boundary:
                 mean = _mean_over_ranks(sum(micro_losses) / len(micro_losses), world, device)
+                now = time.perf_counter()  # seconds: this step's wall time; tokens: its non-padding tokens, all ranks
                 result.history.append(dict(step=len(result.history) + 1, epoch=epoch, loss=mean,
-                                           lr=scheduler.get_last_lr()))  # fmt: skip
-                micro_losses = []
+                                           lr=scheduler.get_last_lr(), seconds=now - step_start,
+                                           tokens=step_tokens))  # fmt: skip
+                micro_losses, step_tokens = [], 0
                 if args.enable_tensorboard and rank0:  # DeepSpeed's monitor logs the lr itself, not the loss
                     engine.monitor.write_events([("Train/Samples/train_loss", mean, engine.global_samples)])
                 if args.print_loss:
@@ -748,6 +753,7 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
                     save_checkpoint(engine, checkpoint_root(args), len(result.history), state, say,
                                     args.save_total_limit)  # fmt: skip
                     start = time.perf_counter()
+                step_start = time.perf_counter()
                 if done:
                     break
         result.train_seconds += time.perf_counter() - start

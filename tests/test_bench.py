@@ -8,7 +8,8 @@ from sft_lessons.course import bench, cli
 
 @pytest.mark.slow
 def test_quick_bench_writes_schema_and_finite_ratios(tmp_path, capsys):
-    assert cli.main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    sections = ["train", "gemm", "inference", "icl", "sft_data", "load"]  # trl: tests/test_trl_compare.py
+    assert cli.main(["bench", "--quick", "--sections", *sections, "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     bench.check_result(result)
     assert set(result["train"]) == {"full", "peft_lora", "our_lora", "qlora"}

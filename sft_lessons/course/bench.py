@@ -47,7 +47,7 @@ class BenchConfig:
     gen_tokens: int = 32
     compile: bool = False  # GPU: torch.compile the models
     sections: list[str] = field(
-        default_factory=lambda: ["train", "gemm", "inference", "icl", "sft_data", "load"]
+        default_factory=lambda: ["train", "gemm", "inference", "icl", "sft_data", "load", "trl"]
     )
 
     @classmethod
@@ -309,6 +309,13 @@ def compare_padding(
     return out
 
 
+def bench_trl(cfg: BenchConfig, path, tok) -> dict:
+    """`sft-lessons sft` against TRL's SFTTrainer on the same records and settings (see trl_compare)."""
+    from .trl_compare import TrlBenchConfig, compare
+
+    return compare(TrlBenchConfig.preset(quick=cfg.quick), Path(path), tok)
+
+
 def ratios(result: dict) -> dict:
     """The headline ratios (each should be finite and positive)."""
     out = {}
@@ -336,6 +343,8 @@ def ratios(result: dict) -> dict:
         out["icl_prefix_cache_speedup"] = result["icl"]["speedup"]
     if "speedup" in result.get("sft_data", {}):
         out["sft_dynamic_padding_speedup"] = result["sft_data"]["speedup"]
+    if "ours_over_trl_tokens_per_s" in result.get("trl", {}):
+        out["ours_over_trl_best_tokens_per_s"] = result["trl"]["ours_over_trl_tokens_per_s"]
     if result.get("load", {}).get("first_fetch_convert_s"):
         out["first_convert_over_cached_load"] = (
             result["load"]["first_fetch_convert_s"] / result["load"]["cached_load_s"]
@@ -366,6 +375,7 @@ def run_bench(cfg: BenchConfig, device=None) -> dict:
         "icl": lambda: bench_icl(base, tok, device, cfg.quick),
         "sft_data": lambda: bench_sft_data(cfg, base, tok),
         "load": lambda: bench_load(cfg.quick),
+        "trl": lambda: bench_trl(cfg, path, tok),
     }
     for name in cfg.sections:
         start = time.perf_counter()  # a section's own length, for the reader: no sync needed at this scale
@@ -396,6 +406,11 @@ def markdown_table(result: dict) -> str:
                 f"{r['trainable_params']:,} | {r['optimizer_state_mb']:.1f} |"
             )
         lines.append("")
+    if "variants" in result.get("trl", {}):
+        from .trl_compare import markdown_table as trl_table
+
+        lines += [f"`sft-lessons sft` vs TRL {result['trl']['trl']} SFTTrainer (medians of "
+                  f"{result['trl']['config']['rounds']} rounds):", "", trl_table(result["trl"]), ""]  # fmt: skip
     lines += ["| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in result["ratios"].items()]
     skipped = [f"{k}: {v['skipped']}" for k, v in result.items() if isinstance(v, dict) and "skipped" in v]

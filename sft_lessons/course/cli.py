@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a tiny random model, under a minute")
     p.add_argument("--compile", action="store_true", help="GPU: torch.compile the models")
     p.add_argument("--steps", type=int, help="measured training steps per variant (median)")
-    p.add_argument("--sections", nargs="*", help="subset of: train gemm inference icl sft_data load")
+    p.add_argument("--sections", nargs="*", help="subset of: train gemm inference icl sft_data load trl")
     p.add_argument("--out", help="output folder (default: build/)")
     p.set_defaults(func=cmd_bench)
 
