@@ -46,7 +46,7 @@ from .dschat import (
 from .lora import convert_linear_layer_to_lora, convert_lora_to_linear_layer, only_optimize_lora_parameters
 from .memory import count_parameters
 from .models import quiet_from_pretrained, resolve, tiny_causal_lm, tiny_tokenizer
-from .padding import LengthGroupedBatches, trim_padding
+from .padding import LengthGroupedBatches, flatten_batch, records_kept_apart, trim_padding
 from .paths import build_dir
 from .settings import SettingError, cache_root
 from .sft_eval import perplexity
@@ -54,7 +54,7 @@ from .zero_memory import MEASURED, gradient_tensors, held_bytes, model_state_byt
 
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 DTYPES = ("fp32", "bf16", "fp16")
-PADDINGS = ("longest", "max_length")
+PADDINGS = ("longest", "max_length", "none")
 TEST_MODE = dict(max_seq_len=384, per_device_train_batch_size=4, per_device_eval_batch_size=8, max_steps=3)
 
 
@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="longest",
         choices=PADDINGS,
         help="longest (default): cut each batch to its longest row, the same masked loss with less compute; "
-        "max_length: DeepSpeed-Chat's every row padded to --max_seq_len (see `sft-lessons bench`)",
+        "max_length: DeepSpeed-Chat's every row padded to --max_seq_len; none: padding-free, the batch's records "
+        "in one row, positions restarting per record so that they cannot see each other (see `sft-lessons bench`)",
     )
     a(
         "--group_by_length",
@@ -649,6 +650,9 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
         model.activation_checkpointing_enable()  # transformers' new name for gradient_checkpointing_enable
         model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph (the seed forbade this)
     model.to(device)
+    if args.padding == "none" and not records_kept_apart(model):
+        raise ValueError(f"--padding none: {type(model).__name__}'s attention lets flattened records see each other "
+                         "(it ignores position_ids when building its mask); use --padding longest")  # fmt: skip
     if args.group_by_length:
         lengths = train_set.tensors["attention_mask"].sum(dim=1).tolist()
         sampler = LengthGroupedBatches(lengths, args.per_device_train_batch_size, args.seed, rank, world)
@@ -712,8 +716,11 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
         micro = skip
         for batch in progress(batches, f"epoch {epoch}", disable=not rank0, total=len(loader) - skip):
             micro += 1
+            real = int(batch["attention_mask"].sum()) * world
             if args.padding == "longest":  # max_length keeps DeepSpeed-Chat's padding columns: same loss
                 batch = trim_padding(batch)
+            elif args.padding == "none":  # one row, no padding at all: same loss again (tests/test_padding.py)
+                batch = flatten_batch(batch)
             batch = {k: v.to(device) for k, v in batch.items()}
             if args.compute_fp32_loss:
                 labels = batch.pop("labels")
@@ -727,7 +734,6 @@ def train_sft(args, model=None, tokenizer=None, log=print) -> SFTResult:
             for key, value in model_state_bytes(engine).items():
                 held[key] = max(held[key], value)
             micro_losses.append(loss.item())
-            real = int(batch["attention_mask"].sum()) * world
             result.real_tokens += real
             step_tokens += real
             result.padded_tokens += batch["input_ids"].numel() * world

@@ -232,3 +232,64 @@ def test_compare_padding_on_chapter_7_records(tok):
     json.dumps(r)  # JSON-ready
     with pytest.raises(ValueError, match="max_seq_len=16 keeps 0 of 280 records"):
         bench.compare_padding(tok, max_seq_len=16, quick=True)
+
+
+# ---- padding-free batches: one row, positions restart per record, records kept apart ----
+
+
+def per_record_loss_sums(logits, labels, lengths):
+    """Summed next-token loss of each record of a (N, V) logits / (N,) labels row laid out record after record."""
+    out, start = [], 0
+    for n in lengths:
+        lg, lb = logits[start : start + n], labels[start : start + n]
+        out.append(torch.nn.functional.cross_entropy(lg[:-1], lb[1:], ignore_index=IGNORE_INDEX, reduction="sum"))
+        start += n
+    return torch.stack(out)
+
+
+def test_flatten_batch_keeps_real_tokens_and_restarts_positions():
+    lengths = [5, 2, 7]
+    batch = right_padded(lengths, 9)
+    batch["labels"][:, 0] = 7  # a labelled first token: flattening must unlabel it
+    flat = padding.flatten_batch(batch)
+    assert flat.keys() == {"input_ids", "labels", "position_ids"}  # no attention_mask: the mask comes from positions
+    assert flat["input_ids"].shape == (1, sum(lengths))
+    assert flat["position_ids"][0].tolist() == [*range(5), *range(2), *range(7)]
+    starts = [0, 5, 7]
+    assert all(flat["labels"][0, s] == IGNORE_INDEX for s in starts)
+    keep = batch["attention_mask"].bool()
+    assert torch.equal(flat["input_ids"][0], batch["input_ids"][keep])
+
+
+def test_flattened_batch_gives_each_record_its_own_loss():
+    model = tiny_causal_lm("llama", seed=0).eval()
+    lengths = [9, 4, 12, 6]
+    batch = right_padded(lengths, 12, seed=3)
+    flat = padding.flatten_batch(batch)
+    with torch.no_grad():
+        alone = torch.stack([
+            per_record_loss_sums(model(input_ids=batch["input_ids"][i : i + 1, :n]).logits[0],
+                                 batch["labels"][i, :n], [n])[0]
+            for i, n in enumerate(lengths)
+        ])  # fmt: skip
+        packed = model(**flat, use_cache=False).logits[0]
+        leaky = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"]).logits[0]  # cache on
+    torch.testing.assert_close(per_record_loss_sums(packed, flat["labels"][0], lengths), alone, atol=1e-4, rtol=1e-5)
+    # with the cache on (the default), transformers does not look for packed records: later records see earlier ones
+    assert (per_record_loss_sums(leaky, flat["labels"][0], lengths)[1:] - alone[1:]).abs().max() > 1e-2
+    assert padding.records_kept_apart(model)
+
+
+def test_records_kept_apart_spots_a_model_that_ignores_positions():
+    class NoPositions(torch.nn.Module):  # a model that drops position_ids: every token sees the whole row
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def get_input_embeddings(self):
+            return self.inner.get_input_embeddings()
+
+        def forward(self, input_ids, position_ids=None, use_cache=False):
+            return self.inner(input_ids=input_ids, use_cache=use_cache)
+
+    assert not padding.records_kept_apart(NoPositions(tiny_causal_lm("llama", seed=0)))

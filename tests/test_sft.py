@@ -181,6 +181,19 @@ def test_max_length_padding_keeps_every_column(tmp_path, monkeypatch):
     assert 0 < result.real_tokens < result.padded_tokens
 
 
+@pytest.mark.slow
+def test_padding_free_batches_train_the_same_as_padded(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFT_LESSONS_DEVICE", "cpu")
+    runs = {}
+    for mode in ("longest", "none"):
+        argv = ["--test_mode", "--padding", mode, "--max_steps", "3", "--data_output_path", str(tmp_path)]
+        runs[mode] = sft.train_sft(sft.parse_args(argv), log=lambda *a: None)
+    longest, flat = runs["longest"], runs["none"]
+    assert [h["loss"] for h in flat.history] == pytest.approx([h["loss"] for h in longest.history], abs=1e-5)
+    assert flat.perplexity[-1][1] == pytest.approx(longest.perplexity[-1][1], rel=1e-5)
+    assert flat.real_tokens == flat.padded_tokens == longest.real_tokens < longest.padded_tokens  # no padding at all
+
+
 # ---- several ranks (torchrun, gloo on CPU), DeepSpeed-Chat's remaining options ----
 
 

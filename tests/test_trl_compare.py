@@ -17,7 +17,8 @@ def test_preset_and_bad_variants():
 def test_summarize_leaves_out_the_first_step():
     run = {"steps": [dict(loss=3.0, seconds=10.0, tokens=100), dict(loss=2.0, seconds=1.0, tokens=200),
                      dict(loss=1.0, seconds=3.0, tokens=600)],
-           "held_out_loss": 1.5, "held_out_loss_before": 2.5, "peak_mem_mb": 9.0, "trainable_params": 4}  # fmt: skip
+           "held_out_loss": 1.5, "held_out_loss_before": 2.5, "peak_mem_mb": 9.0, "trainable_params": 4,
+           "batch_size": 2}  # fmt: skip
     row = tc.summarize(run)
     assert (row["steps"], row["sec_per_step"], row["tokens_per_s"], row["tokens"]) == (3, 2.0, 200.0, 900)
     assert row["train_loss"] == pytest.approx(2.0)
@@ -55,11 +56,14 @@ def test_quick_comparison_trains_the_same_work(tmp_path):
     assert len({r["tokens"] for r in rows.values()}) == 1
     assert len({r["trainable_params"] for r in rows.values()}) == 1 and rows["trl_default"]["trainable_params"] > 0
     assert len({r["held_out_loss_before"] for r in rows.values()}) == 1
-    # the same number of steps (packing: as many rows per step as keep it so)
-    assert len({r["steps"] for r in rows.values()}) == 1
+    # the same number of steps (packing: as many rows per step as keep it nearest)
+    steps = rows["ours_longest"]["steps"]
+    assert all(abs(r["steps"] - steps) <= 1 for r in rows.values())
+    assert [r["rows_per_step"] for r in rows.values()][:-1] == [4] * 5
     for r in rows.values():
         assert r["sec_per_step"] > 0 and r["tokens_per_s"] > 0 and math.isfinite(r["held_out_loss"])
         assert r["held_out_loss"] < r["held_out_loss_before"]  # it learnt something
     # padding-free flattens the same batches into one row with restarting positions: the same training
     assert rows["trl_padding_free"]["held_out_loss"] == pytest.approx(rows["trl_default"]["held_out_loss"], abs=1e-5)
+    assert rows["ours_padding_free"]["held_out_loss"] == pytest.approx(rows["ours_longest"]["held_out_loss"], abs=1e-5)
     assert result["best_ours"] in tc.OURS and result["best_trl"] not in tc.OURS

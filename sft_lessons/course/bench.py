@@ -409,8 +409,10 @@ def markdown_table(result: dict) -> str:
     if "variants" in result.get("trl", {}):
         from .trl_compare import markdown_table as trl_table
 
-        lines += [f"`sft-lessons sft` vs TRL {result['trl']['trl']} SFTTrainer (medians of "
-                  f"{result['trl']['config']['rounds']} rounds):", "", trl_table(result["trl"]), ""]  # fmt: skip
+        c = result["trl"]["config"]
+        lines += [f"`sft-lessons sft` vs TRL {result['trl']['trl']} SFTTrainer: {c['records']} records, batch "
+                  f"{c['batch_size']}, max_seq_len {c['max_seq_len']}, LoRA r {c['lora_r']} alpha {c['lora_alpha']} "
+                  f"on every linear layer, medians of {c['rounds']} rounds:", "", trl_table(result["trl"]), ""]  # fmt: skip
     lines += ["| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in result["ratios"].items()]
     skipped = [f"{k}: {v['skipped']}" for k, v in result.items() if isinstance(v, dict) and "skipped" in v]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-VARIANTS = ("ours_longest", "ours_grouped", "trl_default", "trl_padding_free", "trl_packing")
-OURS = ("ours_longest", "ours_grouped")
+VARIANTS = ("ours_longest", "ours_grouped", "ours_padding_free", "trl_default", "trl_padding_free", "trl_packing")
+OURS = ("ours_longest", "ours_grouped", "ours_padding_free")
 
 
 @dataclass
@@ -103,6 +103,8 @@ def run_ours(work: dict, variant: str, seed: int, device) -> dict:
             "--dtype", "bf16" if gpu else "fp32"]  # fmt: skip
     if variant == "ours_grouped":
         argv.append("--group_by_length")
+    elif variant == "ours_padding_free":
+        argv += ["--padding", "none"]
     args = parse_args(argv)
     tokenizer = load_hf_tokenizer(work["model"])
     dtype = torch.bfloat16 if gpu else torch.float32
@@ -116,6 +118,7 @@ def run_ours(work: dict, variant: str, seed: int, device) -> dict:
         "peak_mem_mb": mem.peak_bytes / 2**20,
         "trainable_params": result.trainable_params,
         "records": result.num_train,
+        "batch_size": cfg["batch_size"],
     }
 
 
@@ -231,6 +234,7 @@ def summarize(run: dict) -> dict:
         "held_out_loss_before": run["held_out_loss_before"],
         "peak_mem_mb": run["peak_mem_mb"],
         "trainable_params": run["trainable_params"],
+        "rows_per_step": run["batch_size"],  # records per step; packing: packed rows of max_seq_len
     }
 
 
@@ -267,6 +271,7 @@ def compare(cfg: TrlBenchConfig, model_path: Path, tokenizer, timeout: float = 9
     for variant, rows in runs.items():
         row = {k: statistics.median(x[k] for x in rows) for k in ("sec_per_step", "tokens_per_s", "peak_mem_mb")}
         row.update(steps=rows[0]["steps"], tokens=rows[0]["tokens"], trainable_params=rows[0]["trainable_params"],
+                   rows_per_step=rows[0]["rows_per_step"],
                    train_loss=statistics.fmean(x["train_loss"] for x in rows),
                    held_out_loss=statistics.fmean(x["held_out_loss"] for x in rows),
                    held_out_loss_before=rows[0]["held_out_loss_before"], rounds=rows)  # fmt: skip
@@ -296,10 +301,10 @@ def verdict(rows: dict) -> dict:
 
 def markdown_table(result: dict) -> str:
     """The comparison as a markdown table."""
-    lines = ["| variant | steps | s/step | tokens/s | peak mem (MB) | train loss | held-out loss |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| variant | steps | rows/step | s/step | tokens/s | peak mem (MB) | train loss | held-out loss |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in result["variants"].items():
-        lines.append(f"| {name} | {r['steps']} | {r['sec_per_step']:.2f} | {r['tokens_per_s']:.0f} | "
+        lines.append(f"| {name} | {r['steps']} | {r['rows_per_step']} | {r['sec_per_step']:.2f} | {r['tokens_per_s']:.0f} | "
                      f"{r['peak_mem_mb']:.0f} | {r['train_loss']:.3f} | {r['held_out_loss']:.3f} |")  # fmt: skip
     return "\n".join(lines)
 
