@@ -88,6 +88,14 @@ def test_the_notebooks_slide_ranges_point_at_lines_that_exist(path):
             assert max(b for _, b in ranges) <= len(text[key].splitlines()), (path.name, cell.id, key)
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_section_is_one_step_to_the_right(path):
+    """Right arrow: the next '## ' section; everything else of a section lies below it (down arrow)."""
+    for i, cell in enumerate(nbformat.read(path, as_version=4).cells[1:], start=1):
+        heading = cell.cell_type == "markdown" and cell.source.startswith("## ")
+        assert (slides.slide_kind(cell) == "slide") == heading, (path.name, i, cell.source[:40])
+
+
 def test_nbval_markers_are_not_shown():
     cut = slides.cut_for_screen(new_notebook(cells=[new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)")]))
     assert cut.cells[0].source == "print(1)" and len(cut.cells) == 1

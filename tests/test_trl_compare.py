@@ -26,7 +26,7 @@ def test_summarize_leaves_out_the_first_step():
 
 def test_verdict_pairs_rounds_and_picks_the_fastest():
     def row(tps, losses):
-        return {"tokens_per_s": tps, "rounds": [{"held_out_loss": v} for v in losses]}
+        return {"tokens_per_s": tps, "rounds": [{"held_out_loss": v, "tokens_per_s": tps} for v in losses]}
 
     rows = {"ours_longest": row(100, [2.0, 2.2]), "ours_grouped": row(150, [2.1, 2.3]),
             "trl_default": row(120, [2.0, 2.0]), "trl_packing": row(130, [2.2, 2.4])}  # fmt: skip
@@ -34,6 +34,9 @@ def test_verdict_pairs_rounds_and_picks_the_fastest():
     assert (v["best_ours"], v["best_trl"]) == ("ours_grouped", "trl_packing")
     assert v["ours_over_trl_tokens_per_s"] == pytest.approx(150 / 130)
     assert v["held_out_loss_diffs"] == pytest.approx([-0.1, -0.1])
+    assert v["pairs"]["longest"]["ours_over_trl_tokens_per_s"] == pytest.approx(100 / 120)
+    assert v["pairs"]["longest"]["per_round"] == pytest.approx([100 / 120] * 2)
+    assert set(v["pairs"]) == {"longest"}  # the other pairs lack their TRL side
     assert tc.verdict({"ours_longest": rows["ours_longest"]}) == {}
 
 
@@ -59,7 +62,7 @@ def test_quick_comparison_trains_the_same_work(tmp_path):
     # the same number of steps (packing: as many rows per step as keep it nearest)
     steps = rows["ours_longest"]["steps"]
     assert all(abs(r["steps"] - steps) <= 1 for r in rows.values())
-    assert [r["rows_per_step"] for r in rows.values()][:-1] == [4] * 5
+    assert [r["rows_per_step"] for r in rows.values()][:-1] == [4] * 6 and rows["trl_packing"]["packs"] > 0
     for r in rows.values():
         assert r["sec_per_step"] > 0 and r["tokens_per_s"] > 0 and math.isfinite(r["held_out_loss"])
         assert r["held_out_loss"] < r["held_out_loss_before"]  # it learnt something
@@ -67,3 +70,6 @@ def test_quick_comparison_trains_the_same_work(tmp_path):
     assert rows["trl_padding_free"]["held_out_loss"] == pytest.approx(rows["trl_default"]["held_out_loss"], abs=1e-5)
     assert rows["ours_padding_free"]["held_out_loss"] == pytest.approx(rows["ours_longest"]["held_out_loss"], abs=1e-5)
     assert result["best_ours"] in tc.OURS and result["best_trl"] not in tc.OURS
+    assert set(result["pairs"]) == set(tc.PAIRS)
+    table = tc.markdown_table(result)
+    assert table.count("\n") == len(tc.VARIANTS) + 1 and "| trl_grouped | 4 | 4 |" in table

@@ -17,8 +17,12 @@ from pathlib import Path
 
 import torch
 
-VARIANTS = ("ours_longest", "ours_grouped", "ours_padding_free", "trl_default", "trl_padding_free", "trl_packing")
+VARIANTS = ("ours_longest", "ours_grouped", "ours_padding_free", "trl_default", "trl_grouped", "trl_padding_free",
+            "trl_packing")
 OURS = ("ours_longest", "ours_grouped", "ours_padding_free")
+# the same batching on both sides: ours / TRL
+PAIRS = {"longest": ("ours_longest", "trl_default"), "grouped": ("ours_grouped", "trl_grouped"),
+         "padding_free": ("ours_padding_free", "trl_padding_free")}
 
 
 @dataclass
@@ -32,7 +36,7 @@ class TrlBenchConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     learning_rate: float = 5e-4
-    rounds: int = 2  # each round runs every variant once with its own seed, in a rotated order
+    rounds: int = 3  # each round runs every variant once with its own seed, in a rotated order
     seed: int = 1234
     eval_batch_size: int = 8  # the held-out pass (no gradients) stays far below the training peak
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
@@ -153,7 +157,7 @@ def run_trl(work: dict, variant: str, seed: int, device) -> dict:
     raw = get_raw_dataset(work["records"])
     messages = [record_messages(raw, r) for r in raw.get_train_data()]
     dataset = Dataset.from_list([{"prompt": m[:-1], "completion": m[-1:]} for m in messages])
-    batch_size = cfg["batch_size"]
+    batch_size, packs = cfg["batch_size"], None
     if variant == "trl_packing":  # rows of max_seq_len; as many per step as keep the number of steps the same
         ids = [tokenizer.apply_chat_template(m, tokenize=True, return_dict=True)["input_ids"] for m in messages]
         packs = packs_per_epoch(ids, cfg["max_seq_len"])
@@ -165,15 +169,13 @@ def run_trl(work: dict, variant: str, seed: int, device) -> dict:
         bf16=gpu, gradient_checkpointing=False, use_cpu=not gpu,  # the same precision and memory trade as ours
         max_length=None if variant == "trl_padding_free" else cfg["max_seq_len"],  # records fit: nothing is cut
         packing=variant == "trl_packing", padding_free=variant == "trl_padding_free",
+        train_sampling_strategy="group_by_length" if variant == "trl_grouped" else "random",
         logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, dataset_num_proc=None,
     )  # fmt: skip
     model = quiet_from_pretrained(_causal_lm_class(), work["model"], dtype=torch.float32).to(device)
     lora = LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")  # fmt: skip
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora)  # fmt: skip
     tokens, ends = [], []
-    collate = trainer.data_collator
 
     def counting(rows):  # non-padding tokens of each batch, in the order the steps take them
         tokens.append(sum(len(r["input_ids"]) for r in rows))
@@ -186,10 +188,14 @@ def run_trl(work: dict, variant: str, seed: int, device) -> dict:
         def on_step_end(self, *a, **k):
             ends.append(time.perf_counter())
 
-    trainer.data_collator = counting
-    trainer.add_callback(Clock())
     eval_set = _eval_set(work, tokenizer, seed)
+    # the same window as ours: from the loaded model (LoRA, data, trainer set-up) to the trained, evaluated one
     with PeakMemory(device) as mem:
+        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=lora)  # fmt: skip
+        collate = trainer.data_collator
+        trainer.data_collator = counting
+        trainer.add_callback(Clock())
         before = _held_out_loss(trainer.model, eval_set, cfg["eval_batch_size"])
         trainer.train()
         after = _held_out_loss(trainer.model, eval_set, cfg["eval_batch_size"])
@@ -205,6 +211,7 @@ def run_trl(work: dict, variant: str, seed: int, device) -> dict:
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "records": len(messages),
         "batch_size": batch_size,
+        "packs": packs,  # packing: rows of max_seq_len the records were packed into
     }
 
 
@@ -235,6 +242,7 @@ def summarize(run: dict) -> dict:
         "peak_mem_mb": run["peak_mem_mb"],
         "trainable_params": run["trainable_params"],
         "rows_per_step": run["batch_size"],  # records per step; packing: packed rows of max_seq_len
+        "packs": run.get("packs"),
     }
 
 
@@ -269,11 +277,10 @@ def compare(cfg: TrlBenchConfig, model_path: Path, tokenizer, timeout: float = 9
                 runs[variant].append(summarize(run))
     out = {"config": asdict(cfg), "trl": trl.__version__, "variants": {}}
     for variant, rows in runs.items():
-        row = {k: statistics.median(x[k] for x in rows) for k in ("sec_per_step", "tokens_per_s", "peak_mem_mb")}
+        keys = ("sec_per_step", "tokens_per_s", "peak_mem_mb", "train_loss", "held_out_loss")
+        row = {k: statistics.median(x[k] for x in rows) for k in keys}
         row.update(steps=rows[0]["steps"], tokens=rows[0]["tokens"], trainable_params=rows[0]["trainable_params"],
-                   rows_per_step=rows[0]["rows_per_step"],
-                   train_loss=statistics.fmean(x["train_loss"] for x in rows),
-                   held_out_loss=statistics.fmean(x["held_out_loss"] for x in rows),
+                   rows_per_step=rows[0]["rows_per_step"], packs=rows[0]["packs"],
                    held_out_loss_before=rows[0]["held_out_loss_before"], rounds=rows)  # fmt: skip
         out["variants"][variant] = row
     out.update(verdict(out["variants"]))
@@ -290,22 +297,38 @@ def verdict(rows: dict) -> dict:
     best_trl = max(theirs, key=lambda v: rows[v]["tokens_per_s"])
     pairs = zip(rows[best_ours]["rounds"], rows[best_trl]["rounds"], strict=True)
     diffs = [a["held_out_loss"] - b["held_out_loss"] for a, b in pairs]
+    pairs = {}
+    for name, (a, b) in PAIRS.items():  # the same batching: only the trainer differs
+        if a in rows and b in rows:
+            per_round = [x["tokens_per_s"] / y["tokens_per_s"]
+                         for x, y in zip(rows[a]["rounds"], rows[b]["rounds"], strict=True)]  # fmt: skip
+            pairs[name] = {"ours_over_trl_tokens_per_s": rows[a]["tokens_per_s"] / rows[b]["tokens_per_s"],
+                           "per_round": per_round}  # fmt: skip
     return {
         "best_ours": best_ours,
         "best_trl": best_trl,
         "ours_over_trl_tokens_per_s": rows[best_ours]["tokens_per_s"] / rows[best_trl]["tokens_per_s"],
-        "held_out_loss_diff": statistics.fmean(diffs),  # ours - TRL; each round pairs the two runs of one seed
+        "held_out_loss_diff": statistics.fmean(diffs),  # ours - TRL, round by round (same seed number, own streams)
         "held_out_loss_diffs": diffs,
+        "pairs": pairs,
     }
 
 
+def _spread(row: dict, key: str, fmt: str) -> str:
+    """'median (lowest-highest over the rounds)', or the one value of a single round."""
+    values = [r[key] for r in row["rounds"]]
+    mid = format(statistics.median(values), fmt)
+    return mid if len(values) == 1 else f"{mid} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
 def markdown_table(result: dict) -> str:
-    """The comparison as a markdown table."""
-    lines = ["| variant | steps | rows/step | s/step | tokens/s | peak mem (MB) | train loss | held-out loss |",
+    """The comparison as a markdown table: medians over the rounds, with their range."""
+    lines = ["| variant | steps | rows/step | s/step | tokens/s | peak mem (MiB) | train loss | held-out loss |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in result["variants"].items():
-        lines.append(f"| {name} | {r['steps']} | {r['rows_per_step']} | {r['sec_per_step']:.2f} | {r['tokens_per_s']:.0f} | "
-                     f"{r['peak_mem_mb']:.0f} | {r['train_loss']:.3f} | {r['held_out_loss']:.3f} |")  # fmt: skip
+        lines.append(f"| {name} | {r['steps']} | {r['rows_per_step']} | {_spread(r, 'sec_per_step', '.2f')} | "
+                     f"{_spread(r, 'tokens_per_s', '.0f')} | {_spread(r, 'peak_mem_mb', '.0f')} | "
+                     f"{_spread(r, 'train_loss', '.3f')} | {_spread(r, 'held_out_loss', '.3f')} |")  # fmt: skip
     return "\n".join(lines)
 
 
