@@ -158,7 +158,7 @@ def run_trl(work: dict, variant: str, seed: int, device) -> dict:
     messages = [record_messages(raw, r) for r in raw.get_train_data()]
     dataset = Dataset.from_list([{"prompt": m[:-1], "completion": m[-1:]} for m in messages])
     batch_size, packs = cfg["batch_size"], None
-    if variant == "trl_packing":  # rows of max_seq_len; as many per step as keep the number of steps the same
+    if variant == "trl_packing":  # rows of max_seq_len; as many per step as keep the steps at most the others
         ids = [tokenizer.apply_chat_template(m, tokenize=True, return_dict=True)["input_ids"] for m in messages]
         packs = packs_per_epoch(ids, cfg["max_seq_len"])
         batch_size = math.ceil(packs / math.ceil(len(messages) / cfg["batch_size"]))
