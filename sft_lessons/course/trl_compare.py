@@ -91,6 +91,8 @@ def _held_out_loss(model, eval_set, batch_size: int) -> float:
 
 def run_ours(work: dict, variant: str, seed: int, device) -> dict:
     """`sft-lessons sft` (train_sft) on the shared records: LoRA on every Linear of the decoder layers."""
+    from transformers import AutoModelForCausalLM
+
     from ..dschat import load_hf_tokenizer
     from ..models import quiet_from_pretrained
     from ..sft import parse_args, train_sft
@@ -112,7 +114,7 @@ def run_ours(work: dict, variant: str, seed: int, device) -> dict:
     args = parse_args(argv)
     tokenizer = load_hf_tokenizer(work["model"])
     dtype = torch.bfloat16 if gpu else torch.float32
-    model = quiet_from_pretrained(_causal_lm_class(), work["model"], dtype=dtype).to(device)
+    model = quiet_from_pretrained(AutoModelForCausalLM, work["model"], dtype=dtype).to(device)
     with PeakMemory(device) as mem:
         result = train_sft(args, model=model, tokenizer=tokenizer, log=lambda *a, **k: None)
     return {
@@ -124,12 +126,6 @@ def run_ours(work: dict, variant: str, seed: int, device) -> dict:
         "records": result.num_train,
         "batch_size": cfg["batch_size"],
     }
-
-
-def _causal_lm_class():
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM
 
 
 def packs_per_epoch(input_ids: list[list[int]], seq_len: int) -> int:
@@ -144,7 +140,7 @@ def run_trl(work: dict, variant: str, seed: int, device) -> dict:
     """TRL's SFTTrainer on the same records as prompt-completion conversations (completion-only loss), peft LoRA."""
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
+    from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from ..dschat import get_raw_dataset, load_hf_tokenizer, record_messages
@@ -172,7 +168,7 @@ def run_trl(work: dict, variant: str, seed: int, device) -> dict:
         train_sampling_strategy="group_by_length" if variant == "trl_grouped" else "random",
         logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, dataset_num_proc=None,
     )  # fmt: skip
-    model = quiet_from_pretrained(_causal_lm_class(), work["model"], dtype=torch.float32).to(device)
+    model = quiet_from_pretrained(AutoModelForCausalLM, work["model"], dtype=torch.float32).to(device)
     lora = LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")  # fmt: skip
     tokens, ends = [], []
